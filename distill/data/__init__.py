@@ -1,0 +1,1 @@
+"""Data layer: the canonical MCQ item, format loaders, prompt rendering, decontamination."""

@@ -1,0 +1,152 @@
+"""The canonical multiple-choice item (DESIGN.md, Data contracts).
+
+One JSON object per line: `id, paragraph, question, question_plus, choices, answer, subject,
+source`. Every loader returns these, and every later stage reads only these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from distill.errors import InputError
+
+MIN_CHOICES = 2
+MAX_CHOICES = 10
+
+
+@dataclass(frozen=True)
+class MCQItem:
+    """One multiple-choice question in canonical form."""
+
+    id: str
+    """Unique within its dataset."""
+    paragraph: str
+    """The passage the question is about ("" when there is none)."""
+    question: str
+    """The question stem."""
+    choices: tuple[str, ...]
+    """2..10 non-empty, distinct choice texts, in order; labels are 1..len(choices)."""
+    answer: int | None = None
+    """The gold choice, 1-based, or None when the set carries no gold (e.g. a test split)."""
+    question_plus: str = ""
+    """The <보기> box, when the item has one. Never dropped."""
+    subject: str = "unknown"
+    """Subject used for per-subject metrics."""
+    source: str = ""
+    """Where the item came from (file name or dataset name)."""
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    """Anything else a loader kept (e.g. KICE score); not used for scoring."""
+
+    @property
+    def n_choices(self) -> int:
+        return len(self.choices)
+
+    def to_dict(self) -> dict[str, Any]:
+        row = asdict(self)
+        row["choices"] = list(self.choices)
+        if not row["extra"]:
+            row.pop("extra")
+        return row
+
+
+def validate_item_fields(
+    path, row: int | None, item_id: Any, choices: Any, answer: Any, *, require_answer: bool = False
+) -> tuple[tuple[str, ...], int | None]:
+    """Check choices and answer of one raw row; return them normalised or raise InputError.
+
+    Shared by every loader so the same fault gives the same message whatever the format.
+    """
+    if not isinstance(choices, (list, tuple)):
+        raise InputError(path, f"choices must be a list, got {type(choices).__name__}", row, "choices")
+    texts = []
+    for position, choice in enumerate(choices, start=1):
+        if not isinstance(choice, (str, int, float)):
+            raise InputError(path, f"choice {position} is not text", row, "choices")
+        text = str(choice).strip()
+        if not text:
+            raise InputError(path, f"choice {position} is empty", row, "choices")
+        texts.append(str(choice))
+    if not (MIN_CHOICES <= len(texts) <= MAX_CHOICES):
+        raise InputError(
+            path, f"{len(texts)} choices; expected {MIN_CHOICES} to {MAX_CHOICES}", row, "choices"
+        )
+    seen: dict[str, int] = {}
+    for position, text in enumerate(texts, start=1):
+        key = " ".join(text.split())
+        if key in seen:
+            raise InputError(
+                path, f"choices {seen[key]} and {position} are the same text", row, "choices"
+            )
+        seen[key] = position
+    parsed_answer = parse_answer(path, row, answer, len(texts))
+    if require_answer and parsed_answer is None:
+        raise InputError(path, "answer is missing", row, "answer")
+    return tuple(texts), parsed_answer
+
+
+def parse_answer(path, row: int | None, answer: Any, n_choices: int) -> int | None:
+    """A 1-based answer from int, float-like or digit string; None for empty/absent."""
+    if answer is None:
+        return None
+    if isinstance(answer, float):
+        if answer != answer:  # NaN from pandas means "no answer"
+            return None
+        if not answer.is_integer():
+            raise InputError(path, f"answer {answer!r} is not a whole number", row, "answer")
+        answer = int(answer)
+    if isinstance(answer, str):
+        text = answer.strip()
+        if text == "" or text.lower() in {"nan", "none", "null"}:
+            return None
+        try:
+            answer = int(float(text))
+        except ValueError:
+            raise InputError(path, f"answer {answer!r} is not a number", row, "answer") from None
+    if isinstance(answer, bool) or not isinstance(answer, int):
+        raise InputError(path, f"answer {answer!r} is not a number", row, "answer")
+    if not (1 <= answer <= n_choices):
+        raise InputError(
+            path, f"answer {answer} is out of range 1..{n_choices}", row, "answer"
+        )
+    return answer
+
+
+def check_unique_ids(path, items: list[MCQItem], rows: list[int] | None = None) -> None:
+    """Raise InputError on the first id seen twice."""
+    first_row: dict[str, int] = {}
+    for index, item in enumerate(items):
+        row = rows[index] if rows else index + 1
+        if item.id in first_row:
+            raise InputError(
+                path, f"duplicate id {item.id!r} (first seen at row {first_row[item.id]})", row, "id"
+            )
+        first_row[item.id] = row
+
+
+def item_from_dict(path, row: int, data: dict[str, Any]) -> MCQItem:
+    """Build an item from the canonical JSON form, with the same checks as every loader."""
+    for name in ("id", "question", "choices"):
+        if name not in data:
+            raise InputError(path, "missing required field", row, name)
+    item_id = str(data["id"]).strip()
+    if not item_id:
+        raise InputError(path, "id is empty", row, "id")
+    question = data.get("question")
+    if not isinstance(question, str) or not question.strip():
+        raise InputError(path, "question is empty", row, "question")
+    choices, answer = validate_item_fields(path, row, item_id, data["choices"], data.get("answer"))
+    known = {"id", "paragraph", "question", "question_plus", "choices", "answer", "subject", "source", "extra"}
+    extra = dict(data.get("extra") or {})
+    extra.update({k: v for k, v in data.items() if k not in known})
+    return MCQItem(
+        id=item_id,
+        paragraph=str(data.get("paragraph") or ""),
+        question=question,
+        question_plus=str(data.get("question_plus") or ""),
+        choices=choices,
+        answer=answer,
+        subject=str(data.get("subject") or "unknown"),
+        source=str(data.get("source") or ""),
+        extra=extra,
+    )

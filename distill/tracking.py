@@ -1,0 +1,77 @@
+"""MLflow at the edges: where runs go, and the few conventions every stage shares.
+
+Default store is MLflow's local SQLite (`sqlite:///mlflow.db`, artifacts in `./mlruns`);
+`MLFLOW_TRACKING_URI` points every stage at a tracking server instead, with no code change.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+
+EXPERIMENTS = {
+    "mine": "distill-mine",
+    "augment": "distill-augment",
+    "train": "distill-train",
+    "evaluate": "distill-eval",
+    "sweep": "distill-sweep",
+    "register": "distill-train",
+    "pipeline": "distill-pipeline",
+    "eda": "distill-eda",
+}
+
+SECRET_ENV_VARS = ("GEMINI_API_KEY", "GOOGLE_API_KEY", "OPENAI_API_KEY")
+
+
+def configure(experiment: str | None, stage: str) -> str:
+    """Point MLflow at the configured store and experiment; return the experiment name."""
+    import mlflow
+
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        mlflow.set_tracking_uri(DEFAULT_TRACKING_URI)
+    name = experiment or EXPERIMENTS[stage]
+    # `mlflow run` sets MLFLOW_EXPERIMENT_ID for the run it created; respect it unless the
+    # user asked for an experiment explicitly.
+    if experiment or not os.environ.get("MLFLOW_EXPERIMENT_ID"):
+        mlflow.set_experiment(name)
+    return name
+
+
+def start_run(run_name: str | None = None, nested: bool | None = None, tags: dict[str, str] | None = None):
+    """Start (or join, under `mlflow run`) a run.
+
+    `mlflow run` exports MLFLOW_RUN_ID; mlflow.start_run() resumes that run, so the project
+    run and the stage's run are one and the same. A parent already active makes this nested.
+    """
+    import mlflow
+
+    if nested is None:
+        nested = mlflow.active_run() is not None
+    return mlflow.start_run(run_name=run_name, nested=nested, tags=tags)
+
+
+def safe_params(config: Any) -> dict[str, Any]:
+    """A config's fields as MLflow params, with anything that looks like a secret removed."""
+    import dataclasses
+
+    params = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
+    clean: dict[str, Any] = {}
+    for key, value in params.items():
+        lowered = key.lower()
+        if any(word in lowered for word in ("key", "token", "secret", "password")):
+            continue
+        if isinstance(value, (list, tuple)):
+            value = ",".join(map(str, value))
+        clean[key] = "" if value is None else value
+    return clean
+
+
+def redact(text: str) -> str:
+    """Replace the value of any secret environment variable found in `text`."""
+    for name in SECRET_ENV_VARS:
+        secret = os.environ.get(name)
+        if secret and len(secret) >= 6:
+            text = text.replace(secret, f"<{name}>")
+    return text
