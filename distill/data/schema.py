@@ -51,11 +51,20 @@ class MCQItem:
 
 
 def validate_item_fields(
-    path, row: int | None, item_id: Any, choices: Any, answer: Any, *, require_answer: bool = False
+    path,
+    row: int | None,
+    item_id: Any,
+    choices: Any,
+    answer: Any,
+    *,
+    require_answer: bool = False,
+    allow_duplicates: bool = False,
 ) -> tuple[tuple[str, ...], int | None]:
     """Check choices and answer of one raw row; return them normalised or raise InputError.
 
     Shared by every loader so the same fault gives the same message whatever the format.
+    `allow_duplicates` lets two choices with the same text through (the real competition
+    files each carry one such item); the caller is expected to flag them.
     """
     if not isinstance(choices, (list, tuple)):
         raise InputError(path, f"choices must be a list, got {type(choices).__name__}", row, "choices")
@@ -74,7 +83,7 @@ def validate_item_fields(
     seen: dict[str, int] = {}
     for position, text in enumerate(texts, start=1):
         key = " ".join(text.split())
-        if key in seen:
+        if key in seen and not allow_duplicates:
             raise InputError(
                 path, f"choices {seen[key]} and {position} are the same text", row, "choices"
             )
@@ -124,7 +133,7 @@ def check_unique_ids(path, items: list[MCQItem], rows: list[int] | None = None) 
         first_row[item.id] = row
 
 
-def item_from_dict(path, row: int, data: dict[str, Any]) -> MCQItem:
+def item_from_dict(path, row: int, data: dict[str, Any], *, allow_duplicates: bool = False) -> MCQItem:
     """Build an item from the canonical JSON form, with the same checks as every loader."""
     for name in ("id", "question", "choices"):
         if name not in data:
@@ -135,7 +144,9 @@ def item_from_dict(path, row: int, data: dict[str, Any]) -> MCQItem:
     question = data.get("question")
     if not isinstance(question, str) or not question.strip():
         raise InputError(path, "question is empty", row, "question")
-    choices, answer = validate_item_fields(path, row, item_id, data["choices"], data.get("answer"))
+    choices, answer = validate_item_fields(
+        path, row, item_id, data["choices"], data.get("answer"), allow_duplicates=allow_duplicates
+    )
     known = {"id", "paragraph", "question", "question_plus", "choices", "answer", "subject", "source", "extra"}
     extra = dict(data.get("extra") or {})
     extra.update({k: v for k, v in data.items() if k not in known})
