@@ -28,6 +28,7 @@ test:
 
 bench:
 	$(BIN)/python benchmarks/eval_throughput.py
+	$(BIN)/python benchmarks/teacher_throughput.py
 
 clean:
 	rm -rf $(VENV) mlruns mlflow.db optuna.db outputs

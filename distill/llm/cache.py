@@ -1,0 +1,202 @@
+"""The durable response cache: one SQLite file, one row per request key.
+
+Why SQLite in WAL mode: readers never block the writer, a committed row survives a SIGKILL the
+instant after the commit, and several processes (sweep workers, a rerun beside a running
+stage) can share one file. Every write is its own short transaction (`INSERT OR IGNORE`: the
+first answer stored for a key wins and is never replaced), with a busy timeout so concurrent
+writers wait instead of failing. Each thread (and each process) gets its own connection.
+
+Only responses and a description of the request are stored; never credentials.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Iterable
+
+from distill.llm.base import Response, iter_chunks
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS responses (
+    key        TEXT PRIMARY KEY,
+    backend    TEXT NOT NULL,
+    model      TEXT NOT NULL,
+    response   TEXT NOT NULL,
+    request    TEXT,
+    created_at REAL NOT NULL
+)
+"""
+
+BUSY_TIMEOUT_MS = 60_000
+
+
+class ResponseCache:
+    """A response cache at `path` (created when missing unless `readonly`).
+
+    `readonly=True` opens an existing file without ever writing to it (e.g. a cache shipped as
+    package data in a read-only install); `put` then raises.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, readonly: bool = False):
+        self.path = Path(path)
+        self.readonly = readonly
+        self._local = threading.local()
+        self._all_connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        if readonly:
+            if not self.path.is_file():
+                from distill.errors import ConfigError
+
+                raise ConfigError(f"response cache {self.path} does not exist")
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._connection()  # create the table now, so errors show up at construction
+
+    def __repr__(self) -> str:
+        return f"ResponseCache({str(self.path)!r}{', readonly' if self.readonly else ''})"
+
+    # -- connections ---------------------------------------------------------------------------
+
+    def _connection(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and getattr(self._local, "pid", None) == os.getpid():
+            return conn
+        if self.readonly:
+            uri = f"{self.path.resolve().as_uri()}?mode=ro"
+            conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
+        else:
+            conn = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
+            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            self._retry_locked(lambda: conn.execute("PRAGMA journal_mode=WAL"))
+            # NORMAL in WAL mode: a commit is durable against a process kill (only an OS crash
+            # or power loss can drop the last commits), and it costs no fsync per row.
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._retry_locked(lambda: conn.execute(_SCHEMA))
+        self._local.conn = conn
+        self._local.pid = os.getpid()
+        with self._lock:
+            self._all_connections.append(conn)
+        return conn
+
+    @staticmethod
+    def _retry_locked(action, attempts: int = 50):
+        """Schema/journal changes can meet 'database is locked' outside the busy handler when
+        several processes open a brand-new file at once; retry briefly."""
+        for attempt in range(attempts):
+            try:
+                return action()
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == attempts - 1:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+
+    def close(self) -> None:
+        with self._lock:
+            connections, self._all_connections = self._all_connections, []
+        for conn in connections:
+            try:
+                conn.close()
+            except sqlite3.Error:
+                pass
+        self._local = threading.local()
+
+    def __enter__(self) -> "ResponseCache":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def get(self, key: str) -> Response | None:
+        row = self._connection().execute(
+            "SELECT response FROM responses WHERE key = ?", (key,)
+        ).fetchone()
+        return None if row is None else Response.from_cache_json(row[0], key)
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, Response]:
+        unique = list(dict.fromkeys(keys))
+        found: dict[str, Response] = {}
+        conn = self._connection()
+        for chunk in iter_chunks(unique, 500):
+            marks = ",".join("?" * len(chunk))
+            for key, payload in conn.execute(
+                f"SELECT key, response FROM responses WHERE key IN ({marks})", tuple(chunk)
+            ):
+                found[key] = Response.from_cache_json(payload, key)
+        return found
+
+    def request_of(self, key: str) -> str | None:
+        """The stored description of the request behind `key` (JSON text), if any."""
+        row = self._connection().execute("SELECT request FROM responses WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def __contains__(self, key: str) -> bool:
+        return self._connection().execute(
+            "SELECT 1 FROM responses WHERE key = ?", (key,)
+        ).fetchone() is not None
+
+    def __len__(self) -> int:
+        return int(self._connection().execute("SELECT COUNT(*) FROM responses").fetchone()[0])
+
+    def keys(self) -> list[str]:
+        return [row[0] for row in self._connection().execute("SELECT key FROM responses ORDER BY created_at, key")]
+
+    # -- writes --------------------------------------------------------------------------------
+
+    def put(self, key: str, response: Response, *, request: str | None = None) -> bool:
+        """Store a successful response; True when this call inserted it (first writer wins)."""
+        if self.readonly:
+            raise PermissionError(f"{self} is read-only")
+        if response.error is not None:
+            raise ValueError("failed responses are never cached")
+        cursor = self._connection().execute(
+            "INSERT OR IGNORE INTO responses (key, backend, model, response, request, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (key, response.backend, response.model, response.to_cache_json(), request, time.time()),
+        )
+        return cursor.rowcount == 1
+
+    def export(self, destination: str | os.PathLike, keys: Iterable[str] | None = None) -> int:
+        """Copy entries (all, or `keys`) into a new self-contained file in rollback-journal mode,
+        suitable for shipping as package data. Returns the number of rows copied."""
+        from distill.io import atomic_path
+
+        wanted = None if keys is None else list(dict.fromkeys(keys))
+        with atomic_path(destination) as tmp:
+            out = sqlite3.connect(str(tmp), isolation_level=None)
+            try:
+                out.execute("PRAGMA journal_mode=DELETE")
+                out.execute(_SCHEMA)
+                conn = self._connection()
+                columns = "key, backend, model, response, request, created_at"
+                if wanted is None:
+                    rows = conn.execute(f"SELECT {columns} FROM responses ORDER BY key").fetchall()
+                else:
+                    rows = []
+                    for chunk in iter_chunks(wanted, 500):
+                        marks = ",".join("?" * len(chunk))
+                        rows += conn.execute(
+                            f"SELECT {columns} FROM responses WHERE key IN ({marks})", tuple(chunk)
+                        ).fetchall()
+                out.execute("BEGIN")
+                out.executemany(f"INSERT OR IGNORE INTO responses ({columns}) VALUES (?, ?, ?, ?, ?, ?)", rows)
+                out.execute("COMMIT")
+            finally:
+                out.close()
+        return len(rows)
+
+
+def open_cache(cache: "ResponseCache | str | os.PathLike | None", *, readonly: bool = False) -> ResponseCache:
+    """A ResponseCache from an instance, a path, or None (the default file under DISTILL_HOME)."""
+    if isinstance(cache, ResponseCache):
+        return cache
+    if cache is None:
+        from distill.paths import distill_home
+
+        cache = distill_home() / "llm_cache.sqlite"
+    return ResponseCache(cache, readonly=readonly)

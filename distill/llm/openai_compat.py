@@ -1,0 +1,138 @@
+"""Any OpenAI-compatible `/v1/chat/completions` server (vLLM, Ollama, a hosted API), over httpx.
+
+Base URL and key come from the arguments or `OPENAI_BASE_URL` / `OPENAI_API_KEY` (the URL
+includes the `/v1` part, as the OpenAI client expects). Sampling options the OpenAI API lacks
+but vLLM accepts (top_k, repetition_penalty, `chat_template_kwargs: {enable_thinking}`) are sent
+only when set, so a plain request stays valid for a hosted API. A returned reasoning trace
+(`reasoning_content`, or `reasoning` in newer vLLM) is put before the answer in a think block.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from distill.llm.base import (
+    RETRYABLE_STATUS,
+    CachedBackend,
+    PermanentError,
+    Request,
+    Response,
+    TransientError,
+    join_thinking,
+    parse_retry_after,
+    parse_schema_output,
+)
+from distill.llm.gemini import REQUEST_KEY_HEADER
+
+DEFAULT_BASE_URL = "http://localhost:8000/v1"
+
+
+class OpenAIBackend(CachedBackend):
+    name = "openai"
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        cache,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        concurrency: int = 16,
+        retry=None,
+        prices=None,
+        seed: int = 0,
+        extra_body: dict[str, Any] | None = None,
+    ):
+        self._api_key = api_key or os.environ.get("OPENAI_API_KEY") or None
+        super().__init__(
+            model, cache=cache, concurrency=concurrency, retry=retry, prices=prices,
+            api_key=self._api_key, seed=seed,
+        )
+        self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        self.extra_body = dict(extra_body or {})
+        """Sent with every request (not part of the cache key: keep it to transport options)."""
+        self._client = None
+
+    def __repr__(self) -> str:  # never show the key
+        return f"OpenAIBackend(model={self.model!r}, base_url={self.base_url!r})"
+
+    async def _open(self) -> None:
+        import httpx
+
+        headers = {"Content-Type": "application/json"}
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
+        self._client = httpx.AsyncClient(
+            headers=headers, limits=limits, timeout=httpx.Timeout(self.retry.timeout_s)
+        )
+        self._resources.closers.append(self._client.aclose)
+
+    def payload(self, request: Request) -> dict[str, Any]:
+        p = request.params
+        body: dict[str, Any] = {"model": self.model, "messages": list(request.messages)}
+        optional = {
+            "temperature": p.temperature,
+            "top_p": p.top_p,
+            "max_tokens": p.max_output_tokens,
+            "presence_penalty": p.presence_penalty,
+            "seed": p.seed_for(request.sample_index),
+            "top_k": p.top_k,
+            "repetition_penalty": p.repetition_penalty,
+        }
+        body.update({k: v for k, v in optional.items() if v is not None})
+        if p.thinking is not None:
+            body["chat_template_kwargs"] = {"enable_thinking": bool(p.thinking)}
+        if request.schema is not None:
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": request.schema.__name__, "schema": request.schema_json()},
+            }
+        body.update(self.extra_body)
+        return body
+
+    async def _call_once(self, request: Request, key: str) -> Response:
+        import httpx
+
+        assert self._client is not None, "generate_many opens the client"
+        body = self.payload(request)
+        try:
+            reply = await self._client.post(
+                f"{self.base_url}/chat/completions", json=body, headers={REQUEST_KEY_HEADER: key}
+            )
+        except httpx.TimeoutException:
+            raise TimeoutError() from None
+        except httpx.TransportError as exc:
+            raise TransientError(f"{type(exc).__name__}: {exc}") from None
+        if reply.status_code != 200:
+            detail = reply.text[:300].replace("\n", " ")
+            message = f"HTTP {reply.status_code}: {detail}"
+            if reply.status_code in RETRYABLE_STATUS:
+                raise TransientError(message, parse_retry_after(reply.headers.get("retry-after")))
+            raise PermanentError(message)
+        try:
+            data = json.loads(reply.content)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise TransientError(f"malformed JSON body ({exc})") from None
+        return _to_response(data, request)
+
+
+def _to_response(data: Any, request: Request) -> Response:
+    try:
+        choice = data["choices"][0]
+        message = choice.get("message") or {}
+    except (KeyError, IndexError, TypeError, AttributeError):
+        raise TransientError("response has no choices") from None
+    answer = message.get("content") or ""
+    reasoning = message.get("reasoning_content") or message.get("reasoning") or ""
+    usage = data.get("usage") or {}
+    parsed = parse_schema_output(request.schema, answer) if request.schema is not None else None
+    return Response(
+        text=join_thinking(reasoning, answer),
+        parsed=parsed,
+        input_tokens=int(usage.get("prompt_tokens") or 0),
+        output_tokens=int(usage.get("completion_tokens") or 0),
+        finish_reason=choice.get("finish_reason"),
+    )

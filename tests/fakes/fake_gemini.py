@@ -1,0 +1,101 @@
+"""A fake Gemini API: `POST /{v1,v1beta}/models/{model}:generateContent` over real HTTP.
+
+It reads what google-genai sends (contents, systemInstruction, generationConfig with
+responseMimeType/responseSchema, thinkingConfig, seed) and answers deterministically from the
+request: the choice is `expected_choice(prompt, seed)` where `prompt` is the text of every
+content part joined with newlines (system instruction first). With `application/json` it
+answers `{"reasoning": ..., "answer": N}`; otherwise a Korean explanation ending `정답: N`.
+With includeThoughts it adds a thought part. usageMetadata counts ~3 characters per token.
+A test can replace the answer text with `answer_fn(request_json) -> str`.
+
+Run alone (for benchmarks): `python -m tests.fakes.fake_gemini --latency 0.2 --port-file F`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from . import FakeLLMServer, FaultPlan, expected_choice, run_main, token_count
+
+__all__ = ["FakeGeminiServer", "FaultPlan", "gemini_prompt", "gemini_seed"]
+
+
+def gemini_prompt(body: dict[str, Any]) -> str:
+    texts = []
+    system = body.get("systemInstruction") or body.get("system_instruction")
+    if system:
+        texts += [p.get("text", "") for p in system.get("parts", [])]
+    for content in body.get("contents", []):
+        texts += [p.get("text", "") for p in content.get("parts", [])]
+    return "\n".join(texts)
+
+
+def gemini_seed(body: dict[str, Any]) -> int | None:
+    return (body.get("generationConfig") or {}).get("seed")
+
+
+def _thinking_requested(config: dict[str, Any]) -> bool:
+    thinking = config.get("thinkingConfig") or {}
+    value = thinking.get("includeThoughts", thinking.get("include_thoughts"))
+    return bool(value)
+
+
+class FakeGeminiServer(FakeLLMServer):
+    def add_routes(self, app) -> None:
+        app.router.add_post("/{version}/models/{model_action}", self._generate)
+
+    async def _generate(self, request):
+        from aiohttp import web
+
+        model, _, action = request.match_info["model_action"].partition(":")
+        if action != "generateContent":
+            return web.json_response(_error(404, f"unknown action {action!r}"), status=404)
+        if not request.headers.get("x-goog-api-key"):
+            return web.json_response(_error(401, "API key not valid."), status=401)
+        return await self.serve(request, self._body, _error)
+
+    def _body(self, body: dict[str, Any], path: str) -> dict[str, Any]:
+        config = body.get("generationConfig") or {}
+        prompt = gemini_prompt(body)
+        choice = expected_choice(prompt, gemini_seed(body))
+        json_mode = config.get("responseMimeType") == "application/json"
+        if self.answer_fn is not None:
+            text = self.answer_fn(body)
+        elif json_mode:
+            text = json.dumps({"reasoning": f"선택지를 차례로 검토하면 {choice}번이 맞다.", "answer": choice}, ensure_ascii=False)
+        else:
+            text = f"선택지를 차례로 검토하였다.\n정답: {choice}"
+        parts = []
+        thought = ""
+        if _thinking_requested(config):
+            thought = f"문제를 읽고 {choice}번을 확인한다."
+            parts.append({"text": thought, "thought": True})
+        parts.append({"text": text})
+        prompt_tokens = token_count(prompt)
+        out_tokens = token_count(text)
+        thought_tokens = token_count(thought) if thought else 0
+        usage = {
+            "promptTokenCount": prompt_tokens,
+            "candidatesTokenCount": out_tokens,
+            "totalTokenCount": prompt_tokens + out_tokens + thought_tokens,
+        }
+        if thought_tokens:
+            usage["thoughtsTokenCount"] = thought_tokens
+        return {
+            "candidates": [
+                {"content": {"role": "model", "parts": parts}, "finishReason": "STOP", "index": 0}
+            ],
+            "usageMetadata": usage,
+            "modelVersion": path.rsplit("/", 1)[-1].split(":")[0],
+        }
+
+
+def _error(code: int, message: str) -> dict[str, Any]:
+    status = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 404: "NOT_FOUND", 429: "RESOURCE_EXHAUSTED",
+              500: "INTERNAL", 503: "UNAVAILABLE"}.get(code, "UNKNOWN")
+    return {"error": {"code": code, "message": message, "status": status}}
+
+
+if __name__ == "__main__":
+    run_main(FakeGeminiServer)
