@@ -7,6 +7,7 @@ Default store is MLflow's local SQLite (`sqlite:///mlflow.db`, artifacts in `./m
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -23,6 +24,10 @@ EXPERIMENTS = {
 }
 
 SECRET_ENV_VARS = ("GEMINI_API_KEY", "GOOGLE_API_KEY", "OPENAI_API_KEY")
+
+# A parameter whose name looks like a credential is never logged. "max_new_tokens" is a
+# count, not a credential: only a name ending in "token" (hf_token, auth_token) matches.
+_SECRET_NAME = re.compile(r"(api_?key|secret|password|passwd|credential|(^|_)token$)", re.IGNORECASE)
 
 
 def configure(experiment: str | None, stage: str) -> str:
@@ -59,8 +64,7 @@ def safe_params(config: Any) -> dict[str, Any]:
     params = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
     clean: dict[str, Any] = {}
     for key, value in params.items():
-        lowered = key.lower()
-        if any(word in lowered for word in ("key", "token", "secret", "password")):
+        if _SECRET_NAME.search(key):
             continue
         if isinstance(value, (list, tuple)):
             value = ",".join(map(str, value))
