@@ -424,31 +424,10 @@ def _aligned(base_df, new_df):
 
 
 def log_config_params(params: dict[str, Any]) -> None:
-    """Log a config's params on the active run, living with those `mlflow run` already logged.
+    """Kept for callers that import it from here; the implementation is `tracking.log_params`."""
+    from distill.tracking import log_params
 
-    `mlflow run` logs the MLproject parameters itself, as the command line had them (an empty
-    value arrives as the two characters `''`), and MLflow refuses to change a logged param. So a
-    param already there with the same meaning is skipped, and one the config resolved to
-    something else (the empty `dataset` that means the bundled sample) goes in as
-    `resolved.<name>`.
-    """
-    import mlflow
-
-    active = mlflow.active_run()
-    logged = dict(mlflow.MlflowClient().get_run(active.info.run_id).data.params) if active else {}
-    fresh: dict[str, Any] = {}
-    for key, value in params.items():
-        text = str(value)
-        if key not in logged:
-            fresh[key] = text
-            continue
-        before = logged[key]
-        if before in ("''", '""'):
-            before = ""
-        if before != text:
-            fresh[f"resolved.{key}"] = text
-    if fresh:
-        mlflow.log_params(fresh)
+    log_params(params)
 
 
 def dataset_digest(items: Sequence[MCQItem]) -> str:

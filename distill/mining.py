@@ -755,10 +755,7 @@ def run(cfg: MineConfig) -> MineOutputs:
     try:
         with tracking.start_run(run_name=f"mine {cfg.teacher} vs {Path(cfg.student).name}") as active:
             run_id = active.info.run_id
-            params = tracking.safe_params(cfg)
-            # safe_params drops every name containing "token"; this one is no secret.
-            params["max_output_tokens"] = cfg.max_output_tokens
-            mlflow.log_params(params)
+            tracking.log_params(tracking.safe_params(cfg))
             mlflow.set_tags({
                 "distill.stage": "mine", "distill.teacher": cfg.teacher, "distill.teacher_backend": cfg.teacher_backend,
                 "distill.student": cfg.student, "distill.student_backend": cfg.student_backend,
