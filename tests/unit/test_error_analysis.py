@@ -1,0 +1,294 @@
+"""Error analysis on small hand-made prediction tables (expected figures counted by hand)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from distill.error_analysis import (
+    NONE_LABEL,
+    OVERALL,
+    AnalyzeConfig,
+    analyse,
+    confusion_matrices,
+    confusion_matrix,
+    error_metrics,
+    item_changes,
+    log_error_analysis,
+    normalise_predictions,
+    position_bias,
+    position_bias_test,
+    run,
+    split_base_and_main,
+)
+from distill.errors import ConfigError, InputError
+
+
+def table(rows, **extra_columns):
+    """rows: (id, subject, gold, pred[, n_choices]); pred None is a parse failure."""
+    records = []
+    for row in rows:
+        item_id, subject, gold, pred, *rest = row
+        n_choices = rest[0] if rest else 4
+        records.append({"id": item_id, "subject": subject, "gold": gold, "pred": pred, "n_choices": n_choices,
+                        "correct": pred == gold})
+    frame = pd.DataFrame(records)
+    for name, values in extra_columns.items():
+        frame[name] = values
+    return frame
+
+
+BASE = table([
+    ("q1", "문법", 1, 1),
+    ("q2", "문법", 2, 1),
+    ("q3", "문법", 3, None),
+    ("q4", "독서", 4, 4),
+    ("q5", "독서", 1, 2),
+    ("q6", "독서", 2, 2),
+])
+NEW = table([
+    ("q1", "문법", 1, 2),      # broken
+    ("q2", "문법", 2, 2),      # fixed
+    ("q3", "문법", 3, 3),      # fixed (was unparsed)
+    ("q4", "독서", 4, 4),      # same, right
+    ("q5", "독서", 1, None),   # same, wrong
+    ("q6", "독서", 2, 2),      # same, right
+])
+
+
+def test_confusion_matrix_counts_gold_by_pred_with_none_column():
+    clean = normalise_predictions(BASE)
+    matrix = confusion_matrix(clean)
+    assert list(matrix.index) == ["1", "2", "3", "4"]
+    assert list(matrix.columns) == ["1", "2", "3", "4", NONE_LABEL]
+    expected = {("1", "1"): 1, ("2", "1"): 1, ("3", NONE_LABEL): 1, ("4", "4"): 1, ("1", "2"): 1, ("2", "2"): 1}
+    for gold in matrix.index:
+        for pred in matrix.columns:
+            assert matrix.loc[gold, pred] == expected.get((gold, pred), 0), (gold, pred)
+    assert matrix.to_numpy().sum() == len(BASE)
+
+
+def test_confusion_matrices_per_subject_share_one_width():
+    clean = normalise_predictions(BASE)
+    matrices = confusion_matrices(clean)
+    assert set(matrices) == {OVERALL, "문법", "독서"}
+    grammar = matrices["문법"]
+    assert grammar.loc["2", "1"] == 1 and grammar.loc["3", NONE_LABEL] == 1 and grammar.to_numpy().sum() == 3
+    assert matrices["독서"].loc["1", "2"] == 1 and matrices["독서"].to_numpy().sum() == 3
+    assert all(list(m.columns) == ["1", "2", "3", "4", NONE_LABEL] for m in matrices.values())
+
+
+def test_normalise_treats_nan_and_out_of_range_as_parse_failures():
+    frame = table([("a", "s", 1, float("nan")), ("b", "s", 2, 7, 5), ("c", "s", 3, 3.0)])
+    clean = normalise_predictions(frame)
+    assert clean["pred"].isna().tolist() == [True, True, False]
+    assert clean["correct"].tolist() == [False, False, True]
+    matrix = confusion_matrix(clean)
+    assert matrix[NONE_LABEL].sum() == 2
+    assert list(matrix.columns) == ["1", "2", "3", "4", "5", NONE_LABEL]  # widest item has 5 choices
+
+
+def test_normalise_recomputes_correct_from_pred_and_gold():
+    frame = table([("a", "s", 1, 2)])
+    frame["correct"] = True  # a stale flag must not survive
+    assert normalise_predictions(frame)["correct"].tolist() == [False]
+
+
+def test_normalise_rejects_missing_columns_and_duplicate_ids():
+    with pytest.raises(InputError, match="lacks column"):
+        normalise_predictions(BASE.drop(columns=["pred"]), source="preds.parquet")
+    with pytest.raises(InputError, match="more than once"):
+        normalise_predictions(pd.concat([BASE, BASE.iloc[:1]]))
+    with pytest.raises(InputError, match="no gold"):
+        normalise_predictions(table([("a", "s", None, 1)]))
+
+
+def test_item_changes_lists_fixed_and_broken_with_subject_counts():
+    changes = item_changes(normalise_predictions(BASE), normalise_predictions(NEW))
+    assert changes.fixed["id"].tolist() == ["q2", "q3"]
+    assert changes.broken["id"].tolist() == ["q1"]
+    assert changes.fixed["base_pred"].isna().tolist() == [False, True]
+    assert changes.broken[["base_pred", "new_pred"]].iloc[0].tolist() == [1, 2]
+    by_subject = changes.by_subject.set_index("subject")
+    assert by_subject.loc["문법", ["n", "fixed", "broken", "net"]].tolist() == [3, 2, 1, 1]
+    assert by_subject.loc["독서", ["n", "fixed", "broken", "net"]].tolist() == [3, 0, 0, 0]
+    assert by_subject.loc[OVERALL, ["n", "fixed", "broken", "net"]].tolist() == [6, 2, 1, 1]
+    assert changes.n_paired == 6 and changes.n_only_base == 0 and changes.n_only_new == 0
+    assert "base_reasoning" not in changes.fixed.columns
+
+
+def test_item_changes_carries_both_reasonings_when_text_exists():
+    base = BASE.assign(reasoning=[f"base thinks {i}" for i in range(6)])
+    new = NEW.assign(text=[f"new writes {i}" for i in range(6)])
+    changes = item_changes(normalise_predictions(base), normalise_predictions(new))
+    fixed = changes.fixed.set_index("id")
+    assert fixed.loc["q2", "base_reasoning"] == "base thinks 1"
+    assert fixed.loc["q2", "new_reasoning"] == "new writes 1"
+    assert changes.broken.set_index("id").loc["q1", "new_reasoning"] == "new writes 0"
+
+
+def test_item_changes_pairs_on_id_and_counts_unpaired_items():
+    new = pd.concat([NEW.iloc[1:], table([("q9", "문법", 1, 1)])], ignore_index=True)
+    changes = item_changes(normalise_predictions(BASE), normalise_predictions(new))
+    assert changes.n_paired == 5 and changes.n_only_base == 1 and changes.n_only_new == 1
+    assert changes.broken.empty  # q1, the only broken item, is not in the new table
+    assert changes.fixed["id"].tolist() == ["q2", "q3"]
+
+
+def test_item_changes_rejects_disagreeing_gold():
+    new = NEW.copy()
+    new.loc[0, "gold"] = 3
+    with pytest.raises(InputError, match="q1"):
+        item_changes(normalise_predictions(BASE), normalise_predictions(new))
+
+
+def test_position_bias_shares_against_gold():
+    frame = table([("a", "s", 1, 1), ("b", "s", 2, 1), ("c", "s", 3, 1), ("d", "s", 4, None)])
+    bias = position_bias(normalise_predictions(frame)).set_index("position")
+    assert bias.index.tolist() == ["1", "2", "3", "4", NONE_LABEL]
+    assert bias["n_gold"].tolist() == [1, 1, 1, 1, 0]
+    assert bias["n_pred"].tolist() == [3, 0, 0, 0, 1]
+    assert bias.loc["1", "pred_share"] == pytest.approx(0.75)
+    assert bias.loc["1", "excess"] == pytest.approx(0.5)
+    assert bias["pred_share"].sum() == pytest.approx(1.0)
+    assert bias["gold_share"].sum() == pytest.approx(1.0)
+
+
+def test_position_bias_test_separates_biased_from_matching_predictions():
+    golds = [1, 2, 3, 4] * 25
+    always_one = normalise_predictions(table([(f"q{i}", "s", g, 1) for i, g in enumerate(golds)]))
+    shifted = normalise_predictions(table([(f"q{i}", "s", g, g % 4 + 1) for i, g in enumerate(golds)]))
+    biased = position_bias_test(always_one)
+    matching = position_bias_test(shifted)  # every answer wrong, but spread exactly like gold
+    assert biased["p"] < 1e-6 and biased["dof"] == 3
+    assert matching["chi2"] == pytest.approx(0.0) and matching["p"] == pytest.approx(1.0)
+
+
+def test_error_metrics_names_and_counts():
+    analysis = analyse(BASE, NEW, base_label="base", new_label="trained")
+    metrics = error_metrics(analysis)
+    assert metrics["errors/n_fixed"] == 2 and metrics["errors/n_broken"] == 1 and metrics["errors/n_paired"] == 6
+    assert metrics["errors/base/parse_failures"] == 1 and metrics["errors/trained/parse_failures"] == 1
+    # base predicts 1 twice where gold has 1 twice; 2 twice against gold 2 twice: max excess 0
+    assert metrics["errors/base/max_position_excess"] == pytest.approx(0.0)
+    # trained predicts 2 three times against gold 2 twice: excess 1/6
+    assert metrics["errors/trained/max_position_excess"] == pytest.approx(1 / 6)
+
+
+def test_split_base_and_main():
+    assert split_base_and_main(["evaluation/predictions.parquet"]) == (None, "evaluation/predictions.parquet")
+    # the train stage's layout: the adapter under evaluation/, the base model under evaluation_base/
+    assert split_base_and_main(["evaluation/predictions.parquet", "evaluation_base/predictions.parquet"]) == (
+        "evaluation_base/predictions.parquet", "evaluation/predictions.parquet")
+    assert split_base_and_main(["a/predictions.parquet", "b/predictions.parquet"]) == (None, None)
+
+
+def test_log_error_analysis_needs_an_active_run(mlflow_store):
+    with pytest.raises(ConfigError, match="active MLflow run"):
+        log_error_analysis(BASE, NEW)
+
+
+def test_log_error_analysis_logs_tables_chart_and_metrics(mlflow_store, tmp_path):
+    import mlflow
+
+    _fresh_experiment()
+    with mlflow.start_run() as active:
+        log_error_analysis(BASE.assign(reasoning=["r"] * 6), NEW.assign(reasoning=["s"] * 6), new_label="trained",
+                           local_dir=tmp_path / "errors")
+    run_id = active.info.run_id
+    client = mlflow.MlflowClient()
+    names = {a.path for a in client.list_artifacts(run_id, "errors")}
+    assert {"errors/confusion.json", "errors/position_bias.json", "errors/fixed.json", "errors/broken.json",
+            "errors/changes_by_subject.json", "errors/error_analysis.html", "errors/fixed.parquet",
+            "errors/broken.parquet"} <= names
+    # load_table reads the label "3" back as a number: compare as text
+    confusion = mlflow.load_table("errors/confusion.json", run_ids=[run_id]).astype({"gold": str, "pred": str})
+    base_grammar = confusion[(confusion["model"] == "base") & (confusion["subject"] == "문법")]
+    assert base_grammar.set_index(["gold", "pred"]).loc[("3", NONE_LABEL), "count"] == 1
+    fixed = mlflow.load_table("errors/fixed.json", run_ids=[run_id])
+    assert sorted(fixed["id"]) == ["q2", "q3"] and set(fixed["new_reasoning"]) == {"s"}
+    metrics = client.get_run(run_id).data.metrics
+    assert metrics["errors/n_fixed"] == 2 and metrics["errors/n_broken"] == 1
+    page = client.download_artifacts(run_id, "errors/error_analysis.html", str(tmp_path / "dl"))
+    text = open(page, encoding="utf-8").read()
+    assert text.count("Plotly.newPlot") == 3  # confusion, position, fixed/broken on one page
+
+
+def _fresh_experiment():
+    """Runs started by hand go to an experiment of this store (the fluent API remembers the
+    experiment id of an earlier test's store otherwise)."""
+    import mlflow
+
+    mlflow.set_experiment("error-analysis-test")
+
+
+def _evaluate_like_run(df, artifact_dir="evaluation"):
+    """A run that logged predictions exactly as the evaluate stage does."""
+    import mlflow
+
+    _fresh_experiment()
+    from distill.evaluation import log_eval_result, result_from_predictions
+
+    with mlflow.start_run() as active:
+        log_eval_result(result_from_predictions(df), artifact_dir=artifact_dir)
+    return active.info.run_id
+
+
+def _always_parsed(frame):
+    """Logit scoring always answers: a parse failure becomes choice 1."""
+    return frame.assign(pred=frame["pred"].fillna(1).astype(int), correct=frame["gold"] == frame["pred"].fillna(1))
+
+
+# With failures read as 1: base is right on q1 q4 q6; new on q2 q3 q4 q5 q6.
+FIXED_IF_PARSED = ["q2", "q3", "q5"]
+BROKEN_IF_PARSED = ["q1"]
+
+
+def test_analyze_against_a_baseline_run_logs_a_new_run(mlflow_store, capsys):
+    import mlflow
+
+    base_run = _evaluate_like_run(_always_parsed(BASE))
+    new_run = _evaluate_like_run(_always_parsed(NEW))
+    out = run(AnalyzeConfig(run_id=new_run, baseline_run=base_run))
+    assert out.run_id not in (base_run, new_run)
+    assert out.analysis.changes.fixed["id"].tolist() == FIXED_IF_PARSED
+    assert out.analysis.changes.broken["id"].tolist() == BROKEN_IF_PARSED
+    logged = mlflow.MlflowClient().get_run(out.run_id)
+    assert logged.data.metrics["errors/n_fixed"] == 3 and logged.data.metrics["errors/n_broken"] == 1
+    assert logged.data.tags["analyze.baseline_run"] == base_run and logged.data.tags["distill.stage"] == "analyze"
+    assert "fixed 3, broken 1" in capsys.readouterr().out
+
+
+def test_analyze_a_train_like_run_with_base_predictions_inside_logs_into_it(mlflow_store):
+    import mlflow
+
+    from distill.evaluation import log_eval_result, result_from_predictions
+
+    _fresh_experiment()
+    with mlflow.start_run() as active:
+        log_eval_result(result_from_predictions(_always_parsed(NEW)))
+        log_eval_result(result_from_predictions(_always_parsed(BASE)), prefix="base", artifact_dir="evaluation_base")
+    out = run(AnalyzeConfig(run_id=active.info.run_id, log_to_run=True))
+    assert out.run_id == active.info.run_id
+    assert [m.label.split(" ")[0] for m in out.analysis.models] == ["base", "trained"]
+    assert out.analysis.changes.fixed["id"].tolist() == FIXED_IF_PARSED
+    names = {a.path for a in mlflow.MlflowClient().list_artifacts(active.info.run_id, "errors")}
+    assert "errors/error_analysis.html" in names
+
+
+def test_analyze_a_single_evaluate_run_has_no_fixed_or_broken(mlflow_store):
+    out = run(AnalyzeConfig(run_id=_evaluate_like_run(_always_parsed(BASE))))
+    assert out.analysis.changes is None and len(out.analysis.models) == 1
+    assert out.analysis.models[0].matrices[OVERALL].loc["3", "1"] == 1
+
+
+def test_analyze_names_what_is_missing(mlflow_store):
+    import mlflow
+
+    with pytest.raises(ConfigError, match="not a run"):
+        run(AnalyzeConfig(run_id="0" * 32))
+    _fresh_experiment()
+    with mlflow.start_run() as empty:
+        pass
+    with pytest.raises(ConfigError, match="predictions_artifact"):
+        run(AnalyzeConfig(run_id=empty.info.run_id))
