@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from typing import Any
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -31,16 +32,30 @@ _SECRET_NAME = re.compile(r"(api_?key|secret|password|passwd|credential|(^|_)tok
 
 
 def configure(experiment: str | None, stage: str) -> str:
-    """Point MLflow at the configured store and experiment; return the experiment name."""
+    """Point MLflow at the configured store and experiment; return the experiment name.
+
+    - Under `mlflow run` (MLFLOW_RUN_ID set, no run open yet) the run already exists in the
+      experiment `mlflow run --experiment-name` chose, and MLflow refuses to join it from
+      another one: the experiment is left alone.
+    - Inside an open parent run (pipeline, sweep) children stay in the parent's experiment.
+    - Otherwise the stage's own experiment (`distill-<stage>`), or `experiment` if given.
+    """
     import mlflow
 
     if not os.environ.get("MLFLOW_TRACKING_URI"):
         mlflow.set_tracking_uri(DEFAULT_TRACKING_URI)
     name = experiment or EXPERIMENTS[stage]
-    # `mlflow run` sets MLFLOW_EXPERIMENT_ID for the run it created; respect it unless the
-    # user asked for an experiment explicitly.
-    if experiment or not os.environ.get("MLFLOW_EXPERIMENT_ID"):
-        mlflow.set_experiment(name)
+    if mlflow.active_run() is not None:
+        return name
+    if os.environ.get("MLFLOW_RUN_ID"):
+        if experiment:
+            print(
+                f"note: under `mlflow run` the run's experiment comes from --experiment-name; "
+                f"experiment={experiment!r} is not applied",
+                file=sys.stderr,
+            )
+        return name
+    mlflow.set_experiment(name)
     return name
 
 

@@ -53,6 +53,7 @@ import gc
 import hashlib
 import json
 import math
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -477,14 +478,31 @@ def _has_module(name: str) -> bool:
         return False
 
 
+def distributed_rank() -> tuple[int, int]:
+    """(rank, world size) under `accelerate launch`/torchrun, (0, 1) in a plain process."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def decide_backend(cfg: TrainConfig) -> Backend:
     """`resolve_backend` on this machine; imports Unsloth (first, before transformers) when chosen."""
     import torch
 
     cuda = torch.cuda.is_available()
+    _, world_size = distributed_rank()
+    use_unsloth = cfg.use_unsloth
+    if world_size > 1 and use_unsloth == "auto":
+        use_unsloth = "false"  # Unsloth's open-source release trains on one GPU only
     backend = resolve_backend(
-        cfg.load_in_4bit, cfg.use_unsloth, cuda=cuda, has_bitsandbytes=_has_module("bitsandbytes"), has_unsloth=cuda and _has_module("unsloth")
+        cfg.load_in_4bit, use_unsloth, cuda=cuda, has_bitsandbytes=_has_module("bitsandbytes"), has_unsloth=cuda and _has_module("unsloth")
     )
+    if world_size > 1:
+        # Each process trains on its own GPU (LOCAL_RANK); the Trainer wraps the model in DDP.
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        device = f"cuda:{local_rank}" if cuda else "cpu"
+        notes = backend.notes + (f"distributed: {world_size} processes",)
+        if cfg.use_unsloth == "auto":
+            notes = tuple(n for n in notes if not n.startswith("unsloth")) + ("unsloth off: several processes",)
+        backend = dataclasses.replace(backend, device=device, notes=notes)
     if backend.use_unsloth:
         try:
             import unsloth  # noqa: F401  (patches transformers/TRL; must come before them)
@@ -808,6 +826,16 @@ def run(cfg: TrainConfig, *, on_dev_eval=None, run_tags: dict[str, str] | None =
         )
     dev_problems = dev_items(dev_pairs)
     dtype_name = str(pick_dtype(backend.device, cfg.dtype)).replace("torch.", "")
+
+    rank, world_size = distributed_rank()
+    if rank != 0:
+        # Under `accelerate launch` every process trains its shard of each batch (DDP), but only
+        # rank 0 opens the MLflow run, saves the adapter, evaluates and logs.
+        model, train_tokenizer, peft_config = load_for_training(cfg, backend, student_path)
+        train_orpo(cfg, backend, model, train_tokenizer, peft_config, rows, Path(cfg.output_dir) / f"rank{rank}")
+        del model
+        free_memory()
+        return None  # type: ignore[return-value]
 
     tracking.configure(cfg.experiment, "train")
     with tracking.start_run(run_name=f"train {Path(cfg.student).name} orpo", tags=run_tags) as active:

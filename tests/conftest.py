@@ -38,9 +38,12 @@ def mlflow_store(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
     mlflow.set_tracking_uri(uri)
+    # set_experiment() is process-global: forget an experiment id from an earlier test's store.
+    mlflow.tracking.fluent._active_experiment_id = None
     yield uri
     while mlflow.active_run():
         mlflow.end_run()
+    mlflow.tracking.fluent._active_experiment_id = None
 
 
 def _shared_data_dir() -> Path:
