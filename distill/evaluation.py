@@ -54,6 +54,8 @@ class EvaluateConfig:
     dtype: str = field(default="auto", metadata={"help": "auto (bf16 where supported, fp16 on GPUs without bf16, fp32 on CPU), bfloat16, float16 or float32."})
     max_new_tokens: int = field(default=512, metadata={"help": "scoring=generate: longest answer (reasoning included)."})
     cache_path: str | None = field(default=None, metadata={"help": "scoring=generate: response cache file; empty: a temporary one (never stale for a retrained adapter)."})
+    backend: str = field(default="local", metadata={"help": "scoring=generate: local (transformers here) or openai (an OpenAI-compatible server such as vLLM at OPENAI_BASE_URL; model = the served name)."})
+    concurrency: int = field(default=16, metadata={"help": "scoring=generate with backend=openai: requests in flight."})
 
     def __post_init__(self) -> None:
         from distill.data.prompts import parse_thinking
@@ -506,6 +508,7 @@ def run(cfg: EvaluateConfig) -> EvaluateOutputs:
                 cfg.model, items, adapter=cfg.adapter, thinking=cfg.thinking == "on",
                 batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
                 cache_path=cfg.cache_path, device=device, dtype=cfg.dtype,
+                backend=cfg.backend, concurrency=cfg.concurrency,
             )
             result = result_from_predictions(predictions, scoring="generate", parse_failures=int((~predictions["parsed"]).sum()))
         else:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from distill.data.schema import MCQItem
-from distill.errors import ConfigError, InputError
+from distill.errors import ConfigError, DistillError, InputError
 
 PREDICTION_COLUMNS = ["id", "subject", "gold", "pred", "correct", "n_choices", "text", "reasoning", "parsed"]
 
@@ -82,8 +82,13 @@ def generate_predictions(
     dtype: str = "auto",
     loaded: tuple[Any, Any] | None = None,
     progress: bool = True,
+    backend: str = "local",
+    concurrency: int = 16,
 ):
-    """Generate one answer per item with the local backend and read its choice.
+    """Generate one answer per item and read its choice.
+
+    `backend`: `local` (transformers on this machine) or `openai` (an OpenAI-compatible server
+    such as vLLM at OPENAI_BASE_URL; `model` is then the served model or LoRA name).
 
     `model`: a model id or local path (or tiny-qwen3); `loaded`: an already loaded
     (model, tokenizer) to use instead of loading `model` again (it still names the cache key).
@@ -103,15 +108,24 @@ def generate_predictions(
 
     def answer(path: Path) -> list[str]:
         cache = ResponseCache(path)
-        backend = LocalBackend(model, cache=cache, adapter=adapter, device=device, dtype=dtype, batch_size=batch_size, loaded=loaded)
+        if backend == "local":
+            generator = LocalBackend(model, cache=cache, adapter=adapter, device=device, dtype=dtype, batch_size=batch_size, loaded=loaded)
+        elif backend == "openai":
+            if adapter:
+                raise ConfigError("backend=openai: serve the adapter with the server (vLLM --lora-modules) and pass its name as the model")
+            from distill.llm import make_backend
+
+            generator = make_backend("openai", model, cache=cache, concurrency=concurrency, seed=seed)
+        else:
+            raise ConfigError(f"generation backend must be 'local' or 'openai', got {backend!r}")
         try:
-            responses = backend.generate(requests, progress=progress)
+            responses = generator.generate(requests, progress=progress)
         finally:
-            backend.close()
+            generator.close()
             cache.close()
         failed = [r for r in responses if not r.ok]
         if failed:
-            raise RuntimeError(f"local generation failed: {failed[0].error}")
+            raise DistillError(f"{backend} generation failed for {len(failed)} of {len(responses)} items: {failed[0].error}")
         return [r.text for r in responses]
 
     if cache_path is not None:

@@ -200,3 +200,28 @@ def test_evaluate_generate_mode_counts_parse_failures(mlflow_store):
     assert metrics["eval/parse_failure_rate"] == pytest.approx(unparsed / 4)
     # An unparsed answer is never counted as correct.
     assert not predictions.loc[~predictions["parsed"].astype(bool), "correct"].any()
+
+
+def test_evaluate_generate_through_an_openai_compatible_server(mlflow_store, monkeypatch):
+    """The vLLM path: scoring=generate with backend=openai against a local fake server that
+    answers '정답: N' with its own deterministic choice; the metrics follow those answers."""
+    import mlflow
+    import pandas as pd
+    from mlflow import MlflowClient
+
+    from fakes.fake_openai import FakeOpenAIServer
+
+    with FakeOpenAIServer() as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", f"{server.base_url}/v1")
+        monkeypatch.setenv("OPENAI_API_KEY", "unused-local-key")
+        cfg = EvaluateConfig(max_items=10, scoring="generate", backend="openai", model="served-student", bootstrap_samples=50)
+        out = run(cfg)
+        served = len(server.successes())
+    assert served == 10
+    predictions = pd.read_parquet(
+        mlflow.artifacts.download_artifacts(run_id=out.run_id, artifact_path="evaluation/predictions.parquet")
+    )
+    assert predictions["parsed"].all()
+    metrics = MlflowClient().get_run(out.run_id).data.metrics
+    assert metrics["eval/parse_failure_rate"] == 0
+    assert metrics["eval/accuracy"] == pytest.approx(predictions["correct"].mean())
