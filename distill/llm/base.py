@@ -603,18 +603,7 @@ class CachedBackend:
 
     async def _generate_many(self, requests: list[Request], progress: bool) -> list[Response]:
         keys = [self.key(r) for r in requests]
-        hits = self.cache.get_many(keys)
-        results: list[Response | None] = [None] * len(requests)
-        # Identical requests in one batch are fetched once and shared.
-        to_fetch: dict[str, list[int]] = {}
-        for index, key in enumerate(keys):
-            if key in hits:
-                results[index] = dataclasses.replace(hits[key], cached=True, key=key)
-                self.usage.cache_hits += 1
-                self.usage.cached_input_tokens += hits[key].input_tokens
-                self.usage.cached_output_tokens += hits[key].output_tokens
-            else:
-                to_fetch.setdefault(key, []).append(index)
+        results, to_fetch = partition_cached(self.cache, keys, self.usage)
 
         if to_fetch:
             await self._ensure_open()
@@ -706,6 +695,23 @@ class CachedBackend:
             error=message,
             attempts=attempts,
         )
+
+
+def partition_cached(cache, keys: Sequence[str], usage: "Usage") -> tuple[list["Response | None"], dict[str, list[int]]]:
+    """Answers already in the cache, in request order (None where missing), and the requests
+    still to fetch as key -> indexes: identical requests in one batch are fetched once."""
+    hits = cache.get_many(keys)
+    results: list[Response | None] = [None] * len(keys)
+    to_fetch: dict[str, list[int]] = {}
+    for index, key in enumerate(keys):
+        if key in hits:
+            results[index] = dataclasses.replace(hits[key], cached=True, key=key)
+            usage.cache_hits += 1
+            usage.cached_input_tokens += hits[key].input_tokens
+            usage.cached_output_tokens += hits[key].output_tokens
+        else:
+            to_fetch.setdefault(key, []).append(index)
+    return results, to_fetch
 
 
 def _progress_bar(enabled: bool, total: int, desc: str, initial: int = 0):

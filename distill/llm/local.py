@@ -26,6 +26,7 @@ from distill.llm.base import (
     Response,
     Usage,
     _progress_bar,
+    partition_cached,
     logger,
     request_key,
     request_record,
@@ -92,17 +93,7 @@ class LocalBackend:
     async def generate_many(self, requests: Sequence[Request], *, progress: bool = True) -> list[Response]:
         requests = list(requests)
         keys = [self.key(r) for r in requests]
-        hits = self.cache.get_many(keys)
-        results: list[Response | None] = [None] * len(requests)
-        to_fetch: dict[str, list[int]] = {}
-        for index, key in enumerate(keys):
-            if key in hits:
-                results[index] = dataclasses.replace(hits[key], cached=True, key=key)
-                self.usage.cache_hits += 1
-                self.usage.cached_input_tokens += hits[key].input_tokens
-                self.usage.cached_output_tokens += hits[key].output_tokens
-            else:
-                to_fetch.setdefault(key, []).append(index)
+        results, to_fetch = partition_cached(self.cache, keys, self.usage)
         if not to_fetch:
             return results  # type: ignore[return-value]
 

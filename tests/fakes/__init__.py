@@ -388,3 +388,29 @@ def run_main(server_cls) -> None:
     except KeyboardInterrupt:
         pass
     server.stop()
+
+
+def kill_when_settled(victim, server: "FakeLLMServer", stored_rows: Callable[[], int], *, timeout_s: float = 180) -> int:
+    """SIGKILL `victim` (a subprocess talking to `server`, which holds calls past a point) at a
+    moment when nothing is in flight: every admitted call answered and stored, the rest held.
+    Then let the held calls go. Returns the number of rows stored before the kill."""
+    import signal
+
+    deadline = time.time() + timeout_s
+    while True:
+        assert time.time() < deadline, "the stage never reached the hold point"
+        assert victim.poll() is None, victim.communicate()[1][-3000:]
+        answered = len(server.successes())
+        if server.settled() and answered and stored_rows() == answered and any(c.outcome == "held" for c in server.calls):
+            break
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(30)
+    assert victim.returncode == -signal.SIGKILL
+    stored = stored_rows()
+    deadline = time.time() + 30
+    while any(c.outcome in ("held", "pending") for c in server.calls) and time.time() < deadline:
+        time.sleep(0.05)
+    server.release()
+    assert len(server.successes()) == stored, "a call answered after the kill was never stored"
+    return stored

@@ -7,16 +7,14 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from distill.mining import decide, run
-from tests.fakes import FaultPlan
+from tests.fakes import FaultPlan, kill_when_settled
 from tests.fakes.fake_gemini import FakeGeminiServer
 from tests.mine_helpers import (
     TEACHER_MODEL,
@@ -163,29 +161,9 @@ def test_sigkill_then_rerun_gives_identical_outputs_and_pays_nothing_twice(mlflo
     with server:
         server.hold_after(KILL_AFTER)
         victim = _entry_point(cfg, server.base_url)
-        deadline = time.time() + 180
-        while True:
-            assert time.time() < deadline, "the stage never reached the hold point"
-            assert victim.poll() is None, victim.communicate()[1][-3000:]
-            stored = cache_rows(Path(cfg.cache_path), "gemini")
-            answered = len(server.successes())
-            # Kill only when nothing is in flight: every admitted call answered and stored,
-            # everything else held by the server.
-            if server.settled() and answered and stored == answered and any(c.outcome == "held" for c in server.calls):
-                break
-            time.sleep(0.05)
-        victim.send_signal(signal.SIGKILL)
-        victim.wait(30)
-        assert victim.returncode == -signal.SIGKILL
+        stored_before = kill_when_settled(victim, server, lambda: cache_rows(Path(cfg.cache_path), "gemini"))
         assert not (Path(cfg.output_dir) / "hard_negatives.jsonl").exists()
-        stored_before = cache_rows(Path(cfg.cache_path), "gemini")
         assert 0 < stored_before < n_live
-
-        deadline = time.time() + 30
-        while any(c.outcome in ("held", "pending") for c in server.calls) and time.time() < deadline:
-            time.sleep(0.05)
-        server.release()
-        assert len(server.successes()) == stored_before
 
         monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", server.base_url)
         resumed = run(cfg)
