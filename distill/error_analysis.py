@@ -577,9 +577,14 @@ def run(cfg: AnalyzeConfig) -> AnalyzeOutputs:
     from distill import tracking
 
     started = time.perf_counter()
-    tracking.configure(cfg.experiment, "evaluate")
+    if cfg.log_to_run:
+        tracking.use_store()  # the analysed run's experiment, whatever it is
+    else:
+        tracking.configure(cfg.experiment, "evaluate")
     base_df, base_label, new_df, new_label = resolve_predictions(cfg)
     if cfg.log_to_run:
+        analysed = mlflow.MlflowClient().get_run(cfg.run_id)
+        mlflow.set_experiment(experiment_id=analysed.info.experiment_id)
         context = mlflow.start_run(run_id=cfg.run_id)
     else:
         context = tracking.start_run(run_name=f"analyze {cfg.run_id[:8]}")

@@ -31,6 +31,14 @@ SECRET_ENV_VARS = ("GEMINI_API_KEY", "GOOGLE_API_KEY", "OPENAI_API_KEY")
 _SECRET_NAME = re.compile(r"(api_?key|secret|password|passwd|credential|(^|_)token$)", re.IGNORECASE)
 
 
+def use_store() -> None:
+    """MLFLOW_TRACKING_URI when set (a tracking server), else the local `sqlite:///mlflow.db`."""
+    import mlflow
+
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        mlflow.set_tracking_uri(DEFAULT_TRACKING_URI)
+
+
 def configure(experiment: str | None, stage: str) -> str:
     """Point MLflow at the configured store and experiment; return the experiment name.
 
@@ -42,8 +50,7 @@ def configure(experiment: str | None, stage: str) -> str:
     """
     import mlflow
 
-    if not os.environ.get("MLFLOW_TRACKING_URI"):
-        mlflow.set_tracking_uri(DEFAULT_TRACKING_URI)
+    use_store()
     name = experiment or EXPERIMENTS[stage]
     if mlflow.active_run() is not None:
         return name

@@ -21,7 +21,8 @@ def test_two_processes_train_one_run(mlflow_store, tmp_path):
     with socket.socket() as probe:  # a free port for the rendezvous (port 0 is not allowed there)
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    # Its own cache folder: the base-model evaluation it caches must not be found by other tests.
+    env = dict(os.environ, OMP_NUM_THREADS="1", DISTILL_HOME=str(tmp_path / "home"))
     done = subprocess.run(
         [str(torchrun), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(port), str(REPO / "entrypoints" / "train.py"),
          "--max_steps", "2", "--n_pairs", "16", "--per_device_batch_size", "2", "--eval_batch_size", "16",

@@ -42,7 +42,10 @@ def _logits(model, tokenizer, text: str):
         return model(input_ids=ids).logits
 
 
-def test_train_run_logs_everything_and_the_model_reloads_by_uri(mlflow_store, tmp_path, capsys):
+def test_train_run_logs_everything_and_the_model_reloads_by_uri(mlflow_store, tmp_path, capsys, monkeypatch):
+    # An empty cache folder of its own, so the first base-model evaluation is a miss whatever
+    # other tests have cached in the session's folder.
+    monkeypatch.setenv("DISTILL_HOME", str(tmp_path / "home"))
     import mlflow
     import pandas as pd
     from mlflow import MlflowClient
