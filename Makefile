@@ -21,7 +21,7 @@ setup: $(BIN)/python
 
 # The whole method on the embedded default, offline.
 demo: setup
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/mlflow run . -e pipeline --env-manager local
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/mlflow run . -e pipeline --env-manager local --experiment-name distill-pipeline
 
 test:
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
