@@ -663,18 +663,6 @@ def base_eval_cached(model: Any, tokenizer: Any, items: Sequence[Any], *, key: s
 # MLflow edges
 
 
-def _log_params_once(params: dict[str, Any]) -> None:
-    """Log params, skipping keys the run already has (`mlflow run` logs its -P values first,
-    as strings that may differ from ours, and MLflow refuses to change a param)."""
-    import mlflow
-
-    run = mlflow.active_run()
-    existing = mlflow.MlflowClient().get_run(run.info.run_id).data.params if run else {}
-    fresh = {k: (str(v)[:6000]) for k, v in params.items() if k not in existing}
-    if fresh:
-        mlflow.log_params(fresh)
-
-
 def _log_training_data(rows, dev_rows, pairset, folder: Path) -> None:
     import warnings
 
@@ -855,7 +843,7 @@ def run(cfg: TrainConfig, *, on_dev_eval=None, run_tags: dict[str, str] | None =
                 "n_dev_pairs": len(dev_rows),
             }
         )
-        _log_params_once(params)
+        tracking.log_params(params)
         mlflow.set_tags(
             {
                 "distill.stage": "train",
