@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= dev
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo lint format generate test bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,21 @@ setup: $(BIN)/python
 demo: setup
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/mlflow run . -e pipeline --env-manager local --experiment-name distill-pipeline
 
-test:
+# ruff (configured in pyproject.toml) and the generated files (MLproject, README tables).
+lint:
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m distill generate --check
+
+format:
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+# MLproject and the README's parameter tables, from the stage registry and config dataclasses.
+generate:
+	$(BIN)/python -m distill generate
+
+test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench:

@@ -48,10 +48,16 @@ def main(argv: list[str] | None = None) -> int:
     items = load_items(args.data, args.format, require_answer=True, allow_duplicate_choices=True)[: args.n]
     model, tokenizer = load_student(args.model, device=args.device)
     device = next(model.parameters()).device
-    lengths = [len(choice_tokens(tokenizer, scoring_prompt(tokenizer, item), item.n_choices).context) for item in items]
-    print(f"model {args.model} on {device} ({torch.get_num_threads()} CPU threads), {len(items)} items from {args.data}")
-    print(f"prompt tokens: min {min(lengths)}, median {sorted(lengths)[len(lengths) // 2]}, max {max(lengths)}; "
-          f"choices: {sorted({item.n_choices for item in items})}")
+    lengths = [
+        len(choice_tokens(tokenizer, scoring_prompt(tokenizer, item), item.n_choices).context) for item in items
+    ]
+    print(
+        f"model {args.model} on {device} ({torch.get_num_threads()} CPU threads), {len(items)} items from {args.data}"
+    )
+    print(
+        f"prompt tokens: min {min(lengths)}, median {sorted(lengths)[len(lengths) // 2]}, max {max(lengths)}; "
+        f"choices: {sorted({item.n_choices for item in items})}"
+    )
 
     score_choices(model, tokenizer, items[:2], batch_size=2, progress=False)  # warm-up
 

@@ -52,14 +52,21 @@ QWEN3_14B_SHAPE = {
 """Qwen3-14B's config.json (the architecture numbers only)."""
 
 TINY_SHAPE = {
-    "vocab_size": 4096, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-    "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "max_position_embeddings": 4096,
-    "rms_norm_eps": 1e-6, "tie_word_embeddings": False,
+    "vocab_size": 4096,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "max_position_embeddings": 4096,
+    "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": False,
 }
 SHAPES = {"qwen3-14b": QWEN3_14B_SHAPE, "tiny": TINY_SHAPE}
 TARGET_PEAK_GIB = 32.0
 TARGET_SPEEDUP = 1.5
-GIB = 1024 ** 3
+GIB = 1024**3
 
 
 def why_off(allow_cpu: bool) -> str | None:
@@ -69,7 +76,11 @@ def why_off(allow_cpu: bool) -> str | None:
     except Exception as exc:  # a machine without torch at all
         return f"torch cannot be imported ({type(exc).__name__}: {exc})"
     if not torch.cuda.is_available() and not allow_cpu:
-        build = "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda} build, but no GPU is visible"
+        build = (
+            "a CPU-only build"
+            if torch.version.cuda is None
+            else f"CUDA {torch.version.cuda} build, but no GPU is visible"
+        )
         return f"no CUDA GPU (torch {torch.__version__}, {build}); this benchmark measures GPU memory and speed"
     return None
 
@@ -109,7 +120,9 @@ def build_random_model(shape: str) -> Path:
     tokenizer.save_pretrained(staging)
     staging.rename(target)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"built {shape} ({n_params / 1e9:.2f}B parameters, random) in {time.perf_counter() - started:.0f} s -> {target}")
+    print(
+        f"built {shape} ({n_params / 1e9:.2f}B parameters, random) in {time.perf_counter() - started:.0f} s -> {target}"
+    )
     del model
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -134,13 +147,20 @@ def synthetic_rows(tokenizer, n: int, prompt_tokens: int, completion_tokens: int
     rows = []
     for index in range(n):
         prompt = tokenizer.apply_chat_template(
-            [{"role": "user", "content": text(prompt_tokens)}], tokenize=False, add_generation_prompt=True, enable_thinking=False
+            [{"role": "user", "content": text(prompt_tokens)}],
+            tokenize=False,
+            add_generation_prompt=True,
+            enable_thinking=False,
         )
-        rows.append({
-            "id": str(index), "subject": "bench", "prompt": prompt,
-            "chosen": text(completion_tokens) + "\n\n정답: 1" + tokenizer.eos_token,
-            "rejected": text(completion_tokens) + "\n\n정답: 2" + tokenizer.eos_token,
-        })
+        rows.append(
+            {
+                "id": str(index),
+                "subject": "bench",
+                "prompt": prompt,
+                "chosen": text(completion_tokens) + "\n\n정답: 1" + tokenizer.eos_token,
+                "rejected": text(completion_tokens) + "\n\n정답: 2" + tokenizer.eos_token,
+            }
+        )
     return rows
 
 
@@ -156,17 +176,32 @@ def worker(variant: str, shape: str, seq_len: int, prompt_len: int, warmup: int,
     import torch
     from transformers import TrainerCallback
 
-    from distill.training import TrainConfig, load_for_training, resolve_backend, split_completion_tokens, train_orpo
+    from distill.stages.train import TrainConfig
+    from distill.training import load_for_training, resolve_backend, split_completion_tokens, train_orpo
 
     path = str(model_dir(shape))
     cuda = torch.cuda.is_available()
     cfg = TrainConfig(
-        student=path, lora_rank=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear",
-        per_device_batch_size=1, gradient_accumulation_steps=1, max_length=seq_len, max_prompt_length=prompt_len,
-        overlong="truncate", max_steps=warmup + steps, learning_rate=1e-4, logging_steps=1,
-        load_in_4bit="true", use_unsloth="true" if variant == "unsloth" else "false", output_dir=str(out / "work"),
+        student=path,
+        lora_rank=16,
+        lora_alpha=32,
+        lora_dropout=0.0,
+        target_modules="all-linear",
+        per_device_batch_size=1,
+        gradient_accumulation_steps=1,
+        max_length=seq_len,
+        max_prompt_length=prompt_len,
+        overlong="truncate",
+        max_steps=warmup + steps,
+        learning_rate=1e-4,
+        logging_steps=1,
+        load_in_4bit="true",
+        use_unsloth="true" if variant == "unsloth" else "false",
+        output_dir=str(out / "work"),
     )
-    backend = resolve_backend("true", cfg.use_unsloth, cuda=cuda, has_bitsandbytes=True, has_unsloth=variant == "unsloth")
+    backend = resolve_backend(
+        "true", cfg.use_unsloth, cuda=cuda, has_bitsandbytes=True, has_unsloth=variant == "unsloth"
+    )
     result["backend"] = backend.name
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -208,9 +243,12 @@ def worker(variant: str, shape: str, seq_len: int, prompt_len: int, warmup: int,
     middle = len(measured) // 2
     median = measured[middle] if len(measured) % 2 else (measured[middle - 1] + measured[middle]) / 2
     result.update(
-        step_times_s=timer.times, median_step_s=median, tokens_per_step=tokens_per_step,
+        step_times_s=timer.times,
+        median_step_s=median,
+        tokens_per_step=tokens_per_step,
         sequence_lengths=sorted(set(lengths)),
-        tokens_per_s=tokens_per_step / median, device=torch.cuda.get_device_name() if cuda else "cpu",
+        tokens_per_s=tokens_per_step / median,
+        device=torch.cuda.get_device_name() if cuda else "cpu",
         torch=torch.__version__,
     )
     if cuda:
@@ -228,16 +266,22 @@ def report(results: list[dict]) -> str:
             continue
         peak = f"{r['peak_allocated_gib']:.2f} GiB" if "peak_allocated_gib" in r else "n/a"
         reserved = f"{r['peak_reserved_gib']:.2f} GiB" if "peak_reserved_gib" in r else "n/a"
-        lines.append(f"{r['variant']:<9} {r['backend']:<9} {'ok':<12} {peak:>10}  {reserved:>13}  {r['median_step_s']:>9.2f} s  {r['tokens_per_s']:>8.0f}")
+        lines.append(
+            f"{r['variant']:<9} {r['backend']:<9} {'ok':<12} {peak:>10}  {reserved:>13}  {r['median_step_s']:>9.2f} s  {r['tokens_per_s']:>8.0f}"
+        )
     for r in results:
         if r["status"] == "ok" and "peak_reserved_gib" in r:
             verdict = "PASS" if r["peak_reserved_gib"] < TARGET_PEAK_GIB else "FAIL"
-            lines.append(f"{r['variant']}: peak reserved {r['peak_reserved_gib']:.2f} GiB vs target < {TARGET_PEAK_GIB:.0f} GiB: {verdict}")
+            lines.append(
+                f"{r['variant']}: peak reserved {r['peak_reserved_gib']:.2f} GiB vs target < {TARGET_PEAK_GIB:.0f} GiB: {verdict}"
+            )
     trl, fast = by_variant.get("trl"), by_variant.get("unsloth")
     if trl and fast and trl["status"] == fast["status"] == "ok":
         ratio = fast["tokens_per_s"] / trl["tokens_per_s"]
         verdict = "PASS" if ratio >= TARGET_SPEEDUP else "FAIL"
-        lines.append(f"unsloth / trl tokens/s = {ratio:.2f}x (baseline: plain TRL QLoRA) vs target >= {TARGET_SPEEDUP}x: {verdict}")
+        lines.append(
+            f"unsloth / trl tokens/s = {ratio:.2f}x (baseline: plain TRL QLoRA) vs target >= {TARGET_SPEEDUP}x: {verdict}"
+        )
     else:
         lines.append("unsloth / trl ratio: n/a (a variant did not run)")
     return "\n".join(lines)
@@ -252,7 +296,9 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=2, help="steps not timed (allocator, kernels)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps")
     parser.add_argument("--out", default=os.environ.get("OUT") or "outputs/bench")
-    parser.add_argument("--allow-cpu", action="store_true", help="run the code path without a GPU (tests; figures meaningless)")
+    parser.add_argument(
+        "--allow-cpu", action="store_true", help="run the code path without a GPU (tests; figures meaningless)"
+    )
     parser.add_argument("--build-only", action="store_true")
     parser.add_argument("--worker", choices=["build", "trl", "unsloth"], help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -285,15 +331,31 @@ def main() -> int:
     results = []
     for variant in variants:
         (out / f"orpo_{variant}.json").unlink(missing_ok=True)
-        command = base + ["--worker", variant, "--seq-len", str(args.seq_len), "--prompt-len", str(args.prompt_len),
-                          "--warmup", str(args.warmup), "--steps", str(args.steps)]
+        command = base + [
+            "--worker",
+            variant,
+            "--seq-len",
+            str(args.seq_len),
+            "--prompt-len",
+            str(args.prompt_len),
+            "--warmup",
+            str(args.warmup),
+            "--steps",
+            str(args.steps),
+        ]
         started = time.perf_counter()
         done = subprocess.run(command)
         path = out / f"orpo_{variant}.json"
         if done.returncode == 0 and path.is_file():
             results.append(json.loads(path.read_text(encoding="utf-8")))
         else:
-            results.append({"variant": variant, "status": "failed", "reason": f"exit code {done.returncode} after {time.perf_counter() - started:.0f} s"})
+            results.append(
+                {
+                    "variant": variant,
+                    "status": "failed",
+                    "reason": f"exit code {done.returncode} after {time.perf_counter() - started:.0f} s",
+                }
+            )
     text = report(results)
     print(text)
     (out / "orpo_summary.txt").write_text(text + "\n", encoding="utf-8")

@@ -13,13 +13,13 @@ SQLite cache with a write per response, the progress bar off.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-import json
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +33,9 @@ def start_fake_server(latency: float, workdir: Path) -> tuple[subprocess.Popen, 
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     process = subprocess.Popen(
         [sys.executable, "-m", "tests.fakes.fake_gemini", "--latency", str(latency), "--port-file", str(port_file)],
-        cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL,
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
     )
     deadline = time.time() + 60
     while not port_file.exists():
@@ -76,24 +78,28 @@ def raw_client_wall(base_url: str, n: int, concurrency: int) -> float:
 
 
 def build_requests(n: int):
+    from distill.contracts import MCQItem
     from distill.data.prompts import render_messages
-    from distill.data.schema import MCQItem
     from distill.llm import Request
 
     requests = []
     for index in range(n):
         item = MCQItem(
             id=f"bench-{index}",
-            paragraph=("조선 후기 실학자들은 토지 제도의 개혁을 통해 농민의 삶을 안정시키고자 하였다. " * 6) + f"(문항 {index})",
+            paragraph=("조선 후기 실학자들은 토지 제도의 개혁을 통해 농민의 삶을 안정시키고자 하였다. " * 6)
+            + f"(문항 {index})",
             question="윗글에 대한 설명으로 가장 적절한 것은?",
-            choices=("균전론을 주장하였다", "여전론을 주장하였다", "한전론을 주장하였다", "정전론을 주장하였다", "둔전론을 주장하였다"),
+            choices=(
+                "균전론을 주장하였다",
+                "여전론을 주장하였다",
+                "한전론을 주장하였다",
+                "정전론을 주장하였다",
+                "둔전론을 주장하였다",
+            ),
             answer=1,
             subject="korean_history",
         )
-        requests.append(
-            Request(messages=tuple(render_messages(item)), label=item.id,
-                    params=_params())
-        )
+        requests.append(Request(messages=tuple(render_messages(item)), label=item.id, params=_params()))
     return requests
 
 
@@ -125,8 +131,13 @@ def main() -> int:
 
             def run_once():
                 backend = make_backend(
-                    "gemini", "gemini-2.5-flash", cache=cache_path, concurrency=args.concurrency,
-                    timeout_s=30, max_retries=2, transport=args.transport,
+                    "gemini",
+                    "gemini-2.5-flash",
+                    cache=cache_path,
+                    concurrency=args.concurrency,
+                    timeout_s=30,
+                    max_retries=2,
+                    transport=args.transport,
                 )
                 # Client setup (TLS contexts, session) happens once per backend, not per batch:
                 # timed on its own.
@@ -152,14 +163,22 @@ def main() -> int:
     same = [a.text for a in cold] == [b.text for b in warm]
     floor = args.n * args.latency / args.concurrency
     ratio = cold_wall / floor
-    print(f"teacher throughput: {args.n} requests, latency {args.latency * 1000:.0f} ms, concurrency {args.concurrency}, transport {args.transport}")
+    print(
+        f"teacher throughput: {args.n} requests, latency {args.latency * 1000:.0f} ms, concurrency {args.concurrency}, transport {args.transport}"
+    )
     print(f"  floor N x latency / concurrency   {floor:.3f} s")
     print(f"  client setup (once per backend)   {connect_s:.3f} s")
-    print(f"  cold run wall                     {cold_wall:.3f} s  ({cold_usage.requests} requests sent, server saw {cold_calls}, {failures} failures)")
+    print(
+        f"  cold run wall                     {cold_wall:.3f} s  ({cold_usage.requests} requests sent, server saw {cold_calls}, {failures} failures)"
+    )
     print(f"  wall / floor                      {ratio:.3f}  (target <= {TARGET_RATIO})")
     if baseline_wall is not None:
-        print(f"  baseline: bare aiohttp client     {baseline_wall:.3f} s  (wall / floor {baseline_wall / floor:.3f}; backend / baseline {cold_wall / baseline_wall:.3f})")
-    print(f"  warm-cache rerun wall             {warm_wall:.3f} s  ({warm_usage.requests} requests sent, server saw {warm_calls}, {warm_usage.cache_hits} cache hits; target 0 requests)")
+        print(
+            f"  baseline: bare aiohttp client     {baseline_wall:.3f} s  (wall / floor {baseline_wall / floor:.3f}; backend / baseline {cold_wall / baseline_wall:.3f})"
+        )
+    print(
+        f"  warm-cache rerun wall             {warm_wall:.3f} s  ({warm_usage.requests} requests sent, server saw {warm_calls}, {warm_usage.cache_hits} cache hits; target 0 requests)"
+    )
     print(f"  rerun answers identical           {same}")
     ok = ratio <= TARGET_RATIO and warm_usage.requests == 0 and warm_calls == 0 and failures == 0 and same
     print("PASS" if ok else "FAIL")

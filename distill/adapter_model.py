@@ -1,7 +1,7 @@
 """The trained LoRA adapter as an MLflow pyfunc model.
 
 Why pyfunc and not the transformers flavor: that flavor saves a PEFT adapter with a pointer to
-the base model that silently breaks when the base is a local directory (DESIGN.md). Here the
+the base model that silently breaks when the base is a local directory. Here the
 adapter folder is the model's only artifact (`artifacts={"adapter": <dir>}`), and the base
 model is recorded in `model_config` (and in the model's metadata, for the UI):
 
@@ -22,6 +22,9 @@ and, when the input carries gold answers, `gold` and `correct`.
 
 `distill.models.load_student(base, adapter="runs:/<run_id>/adapter")` loads the same adapter
 without pyfunc (it finds the folder holding adapter_config.json inside the model).
+
+`log_adapter_model` logs it on the active run (this module is the model-logging edge of the
+tracking layer: docs/design.md, "MLflow conventions").
 """
 
 from __future__ import annotations
@@ -93,12 +96,19 @@ class AdapterModel(mlflow.pyfunc.PythonModel):
         items = items_from_frame(model_input)
         thinking = parse_thinking(params.get("thinking", self.config.get("scoring_thinking", "off")))
         batch_size = int(params.get("batch_size", self.config.get("scoring_batch_size", 8)))
-        scores = score_choices(self.model, self.tokenizer, items, thinking=thinking, batch_size=batch_size, progress=False)
+        scores = score_choices(
+            self.model, self.tokenizer, items, thinking=thinking, batch_size=batch_size, progress=False
+        )
         preds = argmax_choices(scores)
         width = max((item.n_choices for item in items), default=0)
         rows = []
         for item, item_scores, pred in zip(items, scores, preds):
-            row: dict[str, Any] = {"id": item.id, "subject": item.subject, "pred": int(pred), "n_choices": item.n_choices}
+            row: dict[str, Any] = {
+                "id": item.id,
+                "subject": item.subject,
+                "pred": int(pred),
+                "n_choices": item.n_choices,
+            }
             for k in range(1, width + 1):
                 row[f"score_{k}"] = float(item_scores[k - 1]) if k <= len(item_scores) else float("nan")
             if item.answer is not None:
@@ -106,3 +116,34 @@ class AdapterModel(mlflow.pyfunc.PythonModel):
                 row["correct"] = bool(int(pred) == int(item.answer))
             rows.append(row)
         return pd.DataFrame(rows)
+
+
+def log_adapter_model(adapter_dir: Path, model_config: dict[str, Any], name: str = "adapter"):
+    """Log `adapter_dir` as an `AdapterModel` named `name` on the active run; MLflow's ModelInfo.
+
+    `model_config` is described in the module docstring; pyfunc also logs it as run params, so
+    its names must not clash with the config's. The requirements pin the packages that load and
+    score the adapter (bitsandbytes when the base loads in 4-bit)."""
+    import importlib.metadata as md
+
+    from distill import __version__
+
+    def pinned(package: str) -> str:
+        try:
+            return f"{package}=={md.version(package)}"
+        except md.PackageNotFoundError:
+            return package
+
+    requirements = [f"distill=={__version__}"] + [
+        pinned(p) for p in ("torch", "transformers", "peft", "mlflow", "pandas", "tokenizers", "safetensors")
+    ]
+    if model_config.get("base_load_in_4bit"):
+        requirements.append(pinned("bitsandbytes"))
+    return mlflow.pyfunc.log_model(
+        name=name,
+        python_model=AdapterModel(),
+        artifacts={ARTIFACT_KEY: str(adapter_dir)},
+        model_config=model_config,
+        metadata={"distill": dict(model_config)},
+        pip_requirements=requirements,
+    )

@@ -1,9 +1,14 @@
-"""Command-line plumbing shared by the entry points.
+"""Command-line plumbing: config dataclass ⇄ argparse ⇄ YAML run configs.
 
-A stage config is a dataclass whose fields carry `metadata={"help": ...}`. `parse_config`
-builds an argparse parser from it, so the help text of every parameter is written once, next
-to the field, and `--help` never drifts from the code. `main_guard` turns a DistillError into
-one line on stderr and exit code 2 instead of a traceback.
+A stage config is a dataclass whose fields carry `metadata={"help": ...}`. `build_parser` makes
+an argparse parser from it, so the help text of every parameter is written once, next to the
+field, and `--help`, MLproject and the README tables never drift from the code.
+
+A value comes, lowest first, from the field's default, a `--config run.yaml` file (a mapping of
+field names; unknown keys are an error that names them), then the command line. Under
+`mlflow run` every MLproject parameter is on the command line, so there (`--from-mlproject`) a
+value equal to its default does not override the config file. `main_guard` turns a DistillError
+into one line on stderr and exit code 2 instead of a traceback.
 """
 
 from __future__ import annotations
@@ -11,35 +16,64 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import types
 import typing
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
 
-from distill.errors import DistillError
+from distill.errors import ConfigError, DistillError
 
 C = TypeVar("C")
 
-_NONE_WORDS = {"", "none", "null"}
+NONE_WORDS = frozenset({"", "none", "null"})
+"""Text that means "unset" for an optional field (MLproject passes an empty value as '')."""
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+FALSE_WORDS = frozenset({"0", "false", "no", "off"})
 
 
-def _field_type(cls, field: dataclasses.Field) -> Any:
-    hints = typing.get_type_hints(cls)
-    return hints.get(field.name, str)
+def blank_to_none(value: Any) -> Any:
+    """An empty or whitespace-only string means "unset" (None); anything else is kept."""
+    if isinstance(value, str) and not value.strip():
+        return None
+    return value
 
 
-def _converter(tp: Any) -> Callable[[str], Any]:
+def switch(value: Any, name: str) -> bool:
+    """An on/off value (bool, 1/0, true/false, yes/no, on/off) as a bool; a ConfigError naming `name` otherwise."""
+    if isinstance(value, bool):
+        return value
+    low = str(value).strip().lower()
+    if low in TRUE_WORDS:
+        return True
+    if low in FALSE_WORDS:
+        return False
+    raise ConfigError(f"{name}: expected on/off (true/false), got {value!r}")
+
+
+def field_type(cls: type, name: str) -> Any:
+    return typing.get_type_hints(cls).get(name, str)
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
     origin = typing.get_origin(tp)
     args = [a for a in typing.get_args(tp) if a is not type(None)]
-    optional = origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and len(args) == 1
-    base = args[0] if optional else tp
+    optional = origin in (typing.Union, types.UnionType) and len(args) == 1 and len(typing.get_args(tp)) == 2
+    return (args[0] if optional else tp), optional
+
+
+def converter(tp: Any) -> Callable[[str], Any]:
+    """A function from command-line text to a value of type `tp` (Optional, bool, int, float, list, str)."""
+    base, optional = _unwrap_optional(tp)
 
     def convert(text: str) -> Any:
-        if optional and text.strip().lower() in _NONE_WORDS:
+        if optional and text.strip().lower() in NONE_WORDS:
             return None
         if base is bool:
             low = text.strip().lower()
-            if low in {"1", "true", "yes", "on"}:
+            if low in TRUE_WORDS:
                 return True
-            if low in {"0", "false", "no", "off"}:
+            if low in FALSE_WORDS:
                 return False
             raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
         if base is int:
@@ -53,32 +87,131 @@ def _converter(tp: Any) -> Callable[[str], Any]:
     return convert
 
 
-def build_parser(cls: type, description: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description or (cls.__doc__ or "").strip().splitlines()[0])
-    for field in dataclasses.fields(cls):
-        if not field.init or field.metadata.get("cli") is False:
-            continue
-        tp = _field_type(cls, field)
-        if field.default is not dataclasses.MISSING:
-            default = field.default
-        elif field.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-            default = field.default_factory()  # type: ignore[misc]
-        else:
-            default = None
-        help_text = field.metadata.get("help", "")
+def cli_fields(cls: type) -> list[dataclasses.Field]:
+    """The fields a user sets: init fields not marked `metadata={"cli": False}`."""
+    return [f for f in dataclasses.fields(cls) if f.init and f.metadata.get("cli") is not False]
+
+
+def field_default(field: dataclasses.Field) -> Any:
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return field.default_factory()  # type: ignore[misc]
+    return None
+
+
+def default_text(value: Any) -> str:
+    """A default as it is written on a command line and in MLproject ('' for unset)."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def build_parser(cls: type, description: str | None = None, prog: str | None = None) -> argparse.ArgumentParser:
+    """An argparse parser for `cls`; a flag not given is absent from the parsed namespace."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=description or (cls.__doc__ or "").strip().splitlines()[0],
+        argument_default=argparse.SUPPRESS,
+    )
+    parser.add_argument(
+        "--config",
+        dest="__config",
+        metavar="FILE",
+        help="A YAML run config (field: value); command-line values override it.",
+    )
+    parser.add_argument("--from-mlproject", dest="__from_mlproject", action="store_true", help=argparse.SUPPRESS)
+    for field in cli_fields(cls):
+        default = field_default(field)
         parser.add_argument(
             f"--{field.name}",
             dest=field.name,
-            type=_converter(tp),
-            default=default,
-            help=f"{help_text} (default: {default!r})",
+            type=converter(field_type(cls, field.name)),
+            help=f"{field.metadata.get('help', '')} (default: {default!r})",
         )
     return parser
 
 
-def parse_config(cls: type[C], argv: list[str] | None = None, description: str | None = None) -> C:
-    args = build_parser(cls, description).parse_args(argv)
-    return cls(**vars(args))
+def _coerce(cls: type, name: str, value: Any, source: str) -> Any:
+    """A YAML value for field `name`: text goes through the command-line converter, numbers are checked."""
+    tp = field_type(cls, name)
+    base, optional = _unwrap_optional(tp)
+    if value is None:
+        return None
+    try:
+        if isinstance(value, str):
+            return converter(tp)(value)
+        if base is bool:
+            return switch(value, name)
+        if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if base is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if typing.get_origin(base) in (list, tuple) and isinstance(value, list):
+            return [str(v) for v in value]
+        if typing.get_origin(base) is dict and isinstance(value, dict):
+            return value
+        if base is str and isinstance(value, (int, float)):
+            return str(value)
+    except (argparse.ArgumentTypeError, ValueError) as exc:
+        raise ConfigError(f"{source}: {name}: {exc}") from None
+    raise ConfigError(f"{source}: {name}: expected {getattr(base, '__name__', base)}, got {value!r}")
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A YAML run config as a mapping; a ConfigError naming the file otherwise."""
+    import yaml
+
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"--config {path}: no such file")
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a run config is a mapping of parameter names to values")
+    return data
+
+
+def values_from_mapping(cls: type, data: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """Field values from a run config mapping; unknown keys are one error that names them all."""
+    known = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)} for {cls.__name__}")
+    return {name: _coerce(cls, name, value, source) for name, value in data.items()}
+
+
+def parse_config(
+    cls: type[C], argv: list[str] | None = None, description: str | None = None, prog: str | None = None
+) -> C:
+    """A config of type `cls` from defaults, an optional `--config` file and the command line."""
+    parsed = vars(build_parser(cls, description, prog).parse_args(argv))
+    config_path = parsed.pop("__config", None)
+    from_mlproject = parsed.pop("__from_mlproject", False)
+    values: dict[str, Any] = {}
+    if config_path:
+        values.update(values_from_mapping(cls, read_config_file(config_path), str(config_path)))
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for name, value in parsed.items():
+        if from_mlproject and config_path and name in values:
+            default = converter(field_type(cls, name))(default_text(field_default(fields[name])))
+            if value == default:
+                continue  # MLproject passed its default; the config file's value stands
+        values[name] = value
+    return cls(**values)
+
+
+def config_dict(cfg: Any) -> dict[str, Any]:
+    """A config as a plain mapping that `--config` reads back to the same config."""
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.init}
 
 
 def main_guard(main: Callable[[], Any]) -> None:

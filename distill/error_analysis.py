@@ -13,83 +13,34 @@ Pure functions (data in, data out):
   (base right, new wrong), with both reasonings when the tables carry text;
 - `position_bias(df)`, `position_bias_test(df)`: share of predictions per choice number against
   the gold distribution, and a chi-square statistic of their difference.
+- `analyse(base_df, new_df=None)`: all of the above for one model or a pair; `error_metrics`
+  and `summary_text` read it.
 Side effects at the edge:
 - `log_error_analysis(base_df, new_df=None)`: tables and one HTML page of plotly charts on the
-  active MLflow run (train, register and evaluate call it);
-- `AnalyzeConfig` / `run(cfg)`: the `analyze` entry point (error analysis of logged runs).
+  active MLflow run, through distill.tracking. The `analyze` stage (distill.stages.analyze)
+  finds the predictions of logged runs and calls it.
 """
 
 from __future__ import annotations
 
 import math
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from distill.contracts import normalise_predictions
 from distill.errors import ConfigError, InputError
 
 NONE_LABEL = "none"
 """Column of the confusion matrix (and row of the position table) for unparsed predictions."""
 OVERALL = "(overall)"
 ARTIFACT_DIR = "errors"
-REQUIRED_COLUMNS = ("id", "gold", "pred")
 REASONING_COLUMNS = ("reasoning", "text")
 """Columns that hold a model's reasoning, in order of preference."""
 
 
 # --------------------------------------------------------------------------------------------
 # Pure functions
-
-
-def _label(value: Any, n_choices: int | None = None) -> int | None:
-    """A 1-based choice number, or None for null/NaN/out-of-range."""
-    if value is None:
-        return None
-    try:
-        if isinstance(value, float) and math.isnan(value):
-            return None
-        number = int(value)
-    except (TypeError, ValueError):
-        return None
-    if number != value and not isinstance(value, str):
-        return None
-    if number < 1 or (n_choices is not None and number > n_choices):
-        return None
-    return number
-
-
-def normalise_predictions(df, *, source: str = "<predictions>"):
-    """A clean copy: id and subject as text, gold as int, pred as int or None, correct recomputed.
-
-    `n_choices` is taken from the table when present, else the largest gold or pred seen.
-    A missing column or a row without gold is an InputError naming `source`.
-    """
-    import pandas as pd
-
-    missing = [name for name in REQUIRED_COLUMNS if name not in df.columns]
-    if missing:
-        raise InputError(source, f"predictions table lacks column(s) {', '.join(missing)}", field=missing[0])
-    out = df.copy().reset_index(drop=True)
-    out["id"] = out["id"].astype(str)
-    if out["id"].duplicated().any():
-        duplicate = out.loc[out["id"].duplicated(), "id"].iloc[0]
-        raise InputError(source, f"id {duplicate!r} appears more than once", field="id")
-    out["subject"] = out["subject"].astype(str) if "subject" in out.columns else "unknown"
-    golds = [_label(g) for g in out["gold"]]
-    for row, gold in enumerate(golds, start=1):
-        if gold is None:
-            raise InputError(source, f"item {out['id'][row - 1]!r} has no gold answer", row=row, field="gold")
-    if "n_choices" in out.columns:
-        n_choices = [int(n) for n in out["n_choices"]]
-    else:
-        widest = max([*golds, *[_label(p) or 0 for p in out["pred"]]], default=0)
-        n_choices = [widest] * len(out)
-    out["gold"] = pd.array(golds, dtype="int64")
-    out["pred"] = pd.array([_label(p, n) for p, n in zip(out["pred"], n_choices)], dtype="Int64")
-    out["n_choices"] = n_choices
-    out["correct"] = [p is not pd.NA and int(p) == g for p, g in zip(out["pred"], golds)]
-    return out
 
 
 def _width(df) -> int:
@@ -122,7 +73,7 @@ def confusion_matrices(df) -> dict[str, Any]:
 
 
 def confusion_long(matrices: dict[str, Any], model: str):
-    """Matrices as one long table (model, subject, gold, pred, count) for mlflow.log_table."""
+    """Matrices as one long table (model, subject, gold, pred, count), the shape of an MLflow table."""
     import pandas as pd
 
     rows = [
@@ -172,7 +123,8 @@ def item_changes(base_df, new_df) -> ItemChanges:
     if len(disagree):
         row = disagree.iloc[0]
         raise InputError(
-            "<predictions>", f"item {row['id']!r} has gold {row['gold_base']} in the base table and {row['gold_new']} in the new one",
+            "<predictions>",
+            f"item {row['id']!r} has gold {row['gold_base']} in the base table and {row['gold_new']} in the new one",
             field="gold",
         )
     merged = merged.rename(columns={"gold_new": "gold", "pred_base": "base_pred", "pred_new": "new_pred"})
@@ -191,11 +143,17 @@ def item_changes(base_df, new_df) -> ItemChanges:
     for subject in [*sorted(merged["subject"].unique()), OVERALL]:
         mask = merged["subject"] == subject if subject != OVERALL else pd.Series(True, index=merged.index)
         n_fixed, n_broken = int((fixed_mask & mask).sum()), int((broken_mask & mask).sum())
-        rows.append({"subject": subject, "n": int(mask.sum()), "fixed": n_fixed, "broken": n_broken, "net": n_fixed - n_broken})
+        rows.append(
+            {"subject": subject, "n": int(mask.sum()), "fixed": n_fixed, "broken": n_broken, "net": n_fixed - n_broken}
+        )
     base_ids, new_ids = set(base_df["id"]), set(new_df["id"])
     return ItemChanges(
-        fixed=fixed, broken=broken, by_subject=pd.DataFrame(rows, columns=["subject", "n", "fixed", "broken", "net"]),
-        n_paired=len(merged), n_only_base=len(base_ids - new_ids), n_only_new=len(new_ids - base_ids),
+        fixed=fixed,
+        broken=broken,
+        by_subject=pd.DataFrame(rows, columns=["subject", "n", "fixed", "broken", "net"]),
+        n_paired=len(merged),
+        n_only_base=len(base_ids - new_ids),
+        n_only_new=len(new_ids - base_ids),
     )
 
 
@@ -212,14 +170,21 @@ def position_bias(df, *, width: int | None = None):
     rows = []
     for position in [*range(1, width + 1), None]:
         n_gold = int((df["gold"] == position).sum()) if position is not None else 0
-        n_pred = int(df["pred"].isna().sum()) if position is None else int((df["pred"] == position).fillna(False).sum())
+        n_pred = (
+            int(df["pred"].isna().sum()) if position is None else int((df["pred"] == position).fillna(False).sum())
+        )
         gold_share = n_gold / n if n else float("nan")
         pred_share = n_pred / n if n else float("nan")
-        rows.append({
-            "position": str(position) if position is not None else NONE_LABEL,
-            "n_gold": n_gold, "gold_share": gold_share, "n_pred": n_pred, "pred_share": pred_share,
-            "excess": pred_share - gold_share,
-        })
+        rows.append(
+            {
+                "position": str(position) if position is not None else NONE_LABEL,
+                "n_gold": n_gold,
+                "gold_share": gold_share,
+                "n_pred": n_pred,
+                "pred_share": pred_share,
+                "excess": pred_share - gold_share,
+            }
+        )
     return pd.DataFrame(rows, columns=["position", "n_gold", "gold_share", "n_pred", "pred_share", "excess"])
 
 
@@ -313,18 +278,31 @@ def confusion_figure(models: list[ModelErrors]):
     entries = [(model.label, subject, matrix) for model in models for subject, matrix in model.matrices.items()]
     for index, (label, subject, matrix) in enumerate(entries):
         fig.add_heatmap(
-            z=matrix.to_numpy(), x=[f"pred {c}" for c in matrix.columns], y=[f"gold {r}" for r in matrix.index],
-            text=matrix.to_numpy(), texttemplate="%{text}", colorscale="Blues", visible=index == 0,
-            name=f"{label} · {subject}", hovertemplate="%{y} → %{x}: %{z}<extra></extra>",
+            z=matrix.to_numpy(),
+            x=[f"pred {c}" for c in matrix.columns],
+            y=[f"gold {r}" for r in matrix.index],
+            text=matrix.to_numpy(),
+            texttemplate="%{text}",
+            colorscale="Blues",
+            visible=index == 0,
+            name=f"{label} · {subject}",
+            hovertemplate="%{y} → %{x}: %{z}<extra></extra>",
         )
     buttons = []
     for index, (label, subject, matrix) in enumerate(entries):
         visible = [i == index for i in range(len(entries))]
-        buttons.append(dict(label=f"{label} · {subject} (n={int(matrix.to_numpy().sum())})", method="update",
-                            args=[{"visible": visible}, {"title.text": f"Confusion: {label} · {subject}"}]))
+        buttons.append(
+            dict(
+                label=f"{label} · {subject} (n={int(matrix.to_numpy().sum())})",
+                method="update",
+                args=[{"visible": visible}, {"title.text": f"Confusion: {label} · {subject}"}],
+            )
+        )
     first = entries[0]
     fig.update_layout(
-        title=f"Confusion: {first[0]} · {first[1]}", template="plotly_white", height=550,
+        title=f"Confusion: {first[0]} · {first[1]}",
+        template="plotly_white",
+        height=550,
         updatemenus=[dict(buttons=buttons, direction="down", x=1.0, xanchor="right", y=1.15, yanchor="top")],
         yaxis=dict(autorange="reversed"),
     )
@@ -338,16 +316,33 @@ def position_figure(models: list[ModelErrors]):
     fig = go.Figure()
     gold = models[0].position
     gold_rows = gold[gold["position"] != NONE_LABEL]
-    fig.add_bar(x=gold_rows["position"], y=gold_rows["gold_share"], name="gold", marker_color="#9aa5b1",
-                text=[f"{v:.2f}" for v in gold_rows["gold_share"]], textposition="outside")
+    fig.add_bar(
+        x=gold_rows["position"],
+        y=gold_rows["gold_share"],
+        name="gold",
+        marker_color="#9aa5b1",
+        text=[f"{v:.2f}" for v in gold_rows["gold_share"]],
+        textposition="outside",
+    )
     for model in models:
         rows = model.position
         p = model.position_test["p"]
-        fig.add_bar(x=rows["position"], y=rows["pred_share"], name=f"{model.label} predictions (χ² p={p:.3g})",
-                    text=[f"{v:.2f}" for v in rows["pred_share"]], textposition="outside")
-    fig.update_layout(title="Answer-position bias: share of predictions per choice number vs gold",
-                      barmode="group", template="plotly_white", xaxis_title="choice number",
-                      yaxis_title="share of items", yaxis_range=[0, 1.05], legend_title_text="")
+        fig.add_bar(
+            x=rows["position"],
+            y=rows["pred_share"],
+            name=f"{model.label} predictions (χ² p={p:.3g})",
+            text=[f"{v:.2f}" for v in rows["pred_share"]],
+            textposition="outside",
+        )
+    fig.update_layout(
+        title="Answer-position bias: share of predictions per choice number vs gold",
+        barmode="group",
+        template="plotly_white",
+        xaxis_title="choice number",
+        yaxis_title="share of items",
+        yaxis_range=[0, 1.05],
+        legend_title_text="",
+    )
     return fig
 
 
@@ -357,12 +352,29 @@ def changes_figure(changes: ItemChanges, *, base_label: str, new_label: str):
     rows = changes.by_subject
     labels = [f"{s} (n={n})" for s, n in zip(rows["subject"], rows["n"])]
     fig = go.Figure()
-    fig.add_bar(x=labels, y=rows["fixed"], name=f"fixed ({base_label} wrong, {new_label} right)", marker_color="#2ca02c",
-                text=rows["fixed"], textposition="outside")
-    fig.add_bar(x=labels, y=rows["broken"], name=f"broken ({base_label} right, {new_label} wrong)", marker_color="#d62728",
-                text=rows["broken"], textposition="outside")
-    fig.update_layout(title=f"Items fixed and broken by {new_label} relative to {base_label}", barmode="group",
-                      template="plotly_white", yaxis_title="items", legend_title_text="")
+    fig.add_bar(
+        x=labels,
+        y=rows["fixed"],
+        name=f"fixed ({base_label} wrong, {new_label} right)",
+        marker_color="#2ca02c",
+        text=rows["fixed"],
+        textposition="outside",
+    )
+    fig.add_bar(
+        x=labels,
+        y=rows["broken"],
+        name=f"broken ({base_label} right, {new_label} wrong)",
+        marker_color="#d62728",
+        text=rows["broken"],
+        textposition="outside",
+    )
+    fig.update_layout(
+        title=f"Items fixed and broken by {new_label} relative to {base_label}",
+        barmode="group",
+        template="plotly_white",
+        yaxis_title="items",
+        legend_title_text="",
+    )
     return fig
 
 
@@ -383,39 +395,41 @@ def log_error_analysis(
 
     Logs, under `artifact_dir`: confusion.json (long: model, subject, gold, pred, count),
     position_bias.json, and with `new_df` fixed.json, broken.json, changes_by_subject.json
-    (all mlflow.log_table), fixed.parquet and broken.parquet (full reasoning texts), and
+    (all MLflow tables), fixed.parquet and broken.parquet (full reasoning texts), and
     error_analysis.html (confusion heatmaps with a subject dropdown, position bars, fixed/broken
     bars; plotly.js embedded once). Metrics as in `error_metrics`.
     """
     import tempfile
 
-    import mlflow
     import pandas as pd
 
-    from distill.eda.figures import html_page
+    from distill import tracking
+    from distill.charts import html_page
     from distill.io import atomic_path, write_text_atomic
 
-    if mlflow.active_run() is None:
+    if tracking.active_run_id() is None:
         raise ConfigError("log_error_analysis needs an active MLflow run (it would otherwise start a new one)")
     analysis = analyse(base_df, new_df, base_label=base_label, new_label=new_label)
-    mlflow.log_metrics({k: v for k, v in error_metrics(analysis).items() if not math.isnan(v)})
-    mlflow.set_tags({
-        "errors.position_chi2.method": "chi-square of homogeneity, predicted vs gold position counts (paired samples: indicative)",
-        "errors.models": ", ".join(m.label for m in analysis.models),
-    })
+    tracking.log_metrics({k: v for k, v in error_metrics(analysis).items() if not math.isnan(v)})
+    tracking.set_tags(
+        {
+            "errors.position_chi2.method": "chi-square of homogeneity, predicted vs gold position counts (paired samples: indicative)",
+            "errors.models": ", ".join(m.label for m in analysis.models),
+        }
+    )
     confusion = pd.concat([confusion_long(m.matrices, m.label) for m in analysis.models], ignore_index=True)
     position = pd.concat([m.position.assign(model=m.label) for m in analysis.models], ignore_index=True)
-    mlflow.log_table(confusion, artifact_file=f"{artifact_dir}/confusion.json")
-    mlflow.log_table(position, artifact_file=f"{artifact_dir}/position_bias.json")
+    tracking.log_table(confusion, artifact_file=f"{artifact_dir}/confusion.json")
+    tracking.log_table(position, artifact_file=f"{artifact_dir}/position_bias.json")
 
     figures = [confusion_figure(analysis.models), position_figure(analysis.models)]
     folder = Path(local_dir) if local_dir is not None else Path(tempfile.mkdtemp(prefix="distill-errors-"))
     files = []
     if analysis.changes is not None:
         changes = analysis.changes
-        mlflow.log_table(changes.fixed, artifact_file=f"{artifact_dir}/fixed.json")
-        mlflow.log_table(changes.broken, artifact_file=f"{artifact_dir}/broken.json")
-        mlflow.log_table(changes.by_subject, artifact_file=f"{artifact_dir}/changes_by_subject.json")
+        tracking.log_table(changes.fixed, artifact_file=f"{artifact_dir}/fixed.json")
+        tracking.log_table(changes.broken, artifact_file=f"{artifact_dir}/broken.json")
+        tracking.log_table(changes.by_subject, artifact_file=f"{artifact_dir}/changes_by_subject.json")
         figures.append(changes_figure(changes, base_label=base_label, new_label=new_label))
         for name, frame in (("fixed.parquet", changes.fixed), ("broken.parquet", changes.broken)):
             with atomic_path(folder / name) as tmp:
@@ -425,7 +439,7 @@ def log_error_analysis(
     write_text_atomic(folder / "error_analysis.html", html_page(figures, title=f"distill error analysis: {title}"))
     files.append(folder / "error_analysis.html")
     for path in files:
-        mlflow.log_artifact(str(path), artifact_dir)
+        tracking.log_artifact(path, artifact_dir)
     return analysis
 
 
@@ -433,171 +447,35 @@ def summary_text(analysis: ErrorAnalysis, *, top: int = 5) -> str:
     """One screen: accuracy, parse failures, position shares, fixed/broken, biggest confusions."""
     lines = ["error analysis", ""]
     for model in analysis.models:
-        lines.append(f"  {model.label}: {len(model.predictions)} items, accuracy {model.accuracy:.3f}, "
-                     f"{model.parse_failures} unparsed; position χ² p={model.position_test['p']:.3g}")
+        lines.append(
+            f"  {model.label}: {len(model.predictions)} items, accuracy {model.accuracy:.3f}, "
+            f"{model.parse_failures} unparsed; position χ² p={model.position_test['p']:.3g}"
+        )
         shares = "  ".join(f"{r.position}:{r.pred_share:.2f}/{r.gold_share:.2f}" for r in model.position.itertuples())
         lines.append(f"    pred/gold share per choice  {shares}")
         matrix = model.matrices[OVERALL]
-        off = [(int(matrix.loc[g, p]), g, p) for g in matrix.index for p in matrix.columns if g != p and matrix.loc[g, p] > 0]
+        off = [
+            (int(matrix.loc[g, p]), g, p)
+            for g in matrix.index
+            for p in matrix.columns
+            if g != p and matrix.loc[g, p] > 0
+        ]
         off.sort(reverse=True)
         if off:
             lines.append("    most frequent errors  " + "  ".join(f"gold {g}→{p}: {n}" for n, g, p in off[:top]))
     if analysis.changes is not None:
         c = analysis.changes
         lines.append("")
-        lines.append(f"  paired items {c.n_paired}: fixed {len(c.fixed)}, broken {len(c.broken)}, net {len(c.fixed) - len(c.broken):+d}"
-                     + (f"  (unpaired: {c.n_only_base} base only, {c.n_only_new} new only)" if c.n_only_base or c.n_only_new else ""))
-        for row in c.by_subject.itertuples():
-            lines.append(f"    {str(row.subject)[:24]:24s} n={row.n:4d}  fixed {row.fixed:3d}  broken {row.broken:3d}  net {row.net:+d}")
-    return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------------------------
-# The `analyze` entry point
-
-
-@dataclass
-class AnalyzeConfig:
-    """Error analysis of logged evaluate or train runs: confusion, fixed/broken items, position bias."""
-
-    run_id: str = field(default="", metadata={"help": "Run to analyse (an evaluate run, or a train run that logged both the adapter's and the base model's predictions)."})
-    baseline_run: str | None = field(default=None, metadata={"help": "Optional run whose predictions are the baseline (fixed/broken are relative to it). Empty: the base-model predictions inside run_id, if it has them."})
-    predictions_artifact: str | None = field(default=None, metadata={"help": "Artifact path of the predictions parquet in run_id; empty: found automatically (the one predictions.parquet, or the non-base one of two)."})
-    baseline_artifact: str | None = field(default=None, metadata={"help": "Artifact path of the baseline predictions parquet (in baseline_run, or in run_id when baseline_run is empty); empty: found automatically."})
-    log_to_run: bool = field(default=False, metadata={"help": "Log into run_id itself instead of a new run."})
-    experiment: str | None = field(default=None, metadata={"help": "MLflow experiment of the new run (default distill-eval)."})
-    output_dir: str = field(default="outputs/analyze", metadata={"help": "Local folder for the tables and charts (one sub-folder per run; also logged as artifacts)."})
-
-    def __post_init__(self) -> None:
-        for name in ("baseline_run", "predictions_artifact", "baseline_artifact", "experiment"):
-            value = getattr(self, name)
-            if isinstance(value, str) and not value.strip():
-                setattr(self, name, None)
-        self.run_id = (self.run_id or "").strip()
-        if not self.run_id:
-            raise ConfigError("analyze needs --run_id (an evaluate or train run)")
-
-
-@dataclass
-class AnalyzeOutputs:
-    run_id: str
-    """The run the analysis was logged to."""
-    analysis: ErrorAnalysis
-    output_dir: Path
-
-
-def prediction_artifacts(run_id: str) -> list[str]:
-    """Every `*predictions*.parquet` artifact of a run (paths relative to its artifact root)."""
-    import mlflow
-
-    client = mlflow.MlflowClient()
-    found, folders = [], [None]
-    while folders:
-        folder = folders.pop()
-        for info in client.list_artifacts(run_id, folder):
-            if info.is_dir:
-                folders.append(info.path)
-            elif info.path.endswith(".parquet") and "prediction" in Path(info.path).name:
-                found.append(info.path)
-    return sorted(found)
-
-
-def split_base_and_main(paths: list[str]) -> tuple[str | None, str | None]:
-    """(base, main) among a run's prediction artifacts: 'base' in the path marks the base model's.
-
-    One artifact: it is the main one. Two, one of them marked base: (that, the other).
-    Anything else is ambiguous: (None, None).
-    """
-    if len(paths) == 1:
-        return None, paths[0]
-    base = [p for p in paths if "base" in p.lower()]
-    main = [p for p in paths if "base" not in p.lower()]
-    if len(paths) == 2 and len(base) == 1 and len(main) == 1:
-        return base[0], main[0]
-    return None, None
-
-
-def _download_parquet(run_id: str, artifact_path: str):
-    import tempfile
-
-    import mlflow
-    import pandas as pd
-    from mlflow.exceptions import MlflowException
-
-    try:
-        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=tempfile.mkdtemp(prefix="distill-analyze-"))
-    except (MlflowException, OSError):
-        raise ConfigError(f"run {run_id} has no artifact {artifact_path}") from None
-    return pd.read_parquet(local)
-
-
-def _check_run(run_id: str) -> None:
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    try:
-        mlflow.MlflowClient().get_run(run_id)
-    except MlflowException:
-        raise ConfigError(f"{run_id!r} is not a run in the tracking store {mlflow.get_tracking_uri()}") from None
-
-
-def resolve_predictions(cfg: AnalyzeConfig):
-    """(base_df, base_label, new_df or None, new_label) for the runs and artifacts in `cfg`."""
-    _check_run(cfg.run_id)
-    paths = prediction_artifacts(cfg.run_id)
-    base_path, main_path = split_base_and_main(paths)
-    if cfg.predictions_artifact:
-        main_path = cfg.predictions_artifact
-    if main_path is None:
-        raise ConfigError(
-            f"run {cfg.run_id} has prediction artifacts {paths or 'none'}; pick one with --predictions_artifact"
-        )
-    short = cfg.run_id[:8]
-    if cfg.baseline_run:
-        _check_run(cfg.baseline_run)
-        baseline_paths = prediction_artifacts(cfg.baseline_run)
-        baseline_path = cfg.baseline_artifact or split_base_and_main(baseline_paths)[1]
-        if baseline_path is None:
-            raise ConfigError(
-                f"baseline run {cfg.baseline_run} has prediction artifacts {baseline_paths or 'none'}; pick one with --baseline_artifact"
+        lines.append(
+            f"  paired items {c.n_paired}: fixed {len(c.fixed)}, broken {len(c.broken)}, net {len(c.fixed) - len(c.broken):+d}"
+            + (
+                f"  (unpaired: {c.n_only_base} base only, {c.n_only_new} new only)"
+                if c.n_only_base or c.n_only_new
+                else ""
             )
-        base_df = _download_parquet(cfg.baseline_run, baseline_path)
-        return base_df, f"baseline {cfg.baseline_run[:8]}", _download_parquet(cfg.run_id, main_path), f"run {short}"
-    base_path = cfg.baseline_artifact or base_path
-    main_df = _download_parquet(cfg.run_id, main_path)
-    if base_path is None:  # one model only: confusion and position bias, no fixed/broken
-        return main_df, f"run {short}", None, ""
-    return _download_parquet(cfg.run_id, base_path), f"base model (run {short})", main_df, f"trained (run {short})"
-
-
-def run(cfg: AnalyzeConfig) -> AnalyzeOutputs:
-    """Load the predictions of the given run(s), log the error analysis, print a summary."""
-    import mlflow
-
-    from distill import tracking
-
-    started = time.perf_counter()
-    if cfg.log_to_run:
-        tracking.use_store()  # the analysed run's experiment, whatever it is
-    else:
-        tracking.configure(cfg.experiment, "evaluate")
-    base_df, base_label, new_df, new_label = resolve_predictions(cfg)
-    if cfg.log_to_run:
-        analysed = mlflow.MlflowClient().get_run(cfg.run_id)
-        mlflow.set_experiment(experiment_id=analysed.info.experiment_id)
-        context = mlflow.start_run(run_id=cfg.run_id)
-    else:
-        context = tracking.start_run(run_name=f"analyze {cfg.run_id[:8]}")
-    with context as active:
-        target = active.info.run_id
-        if not cfg.log_to_run:  # the analysed run keeps its own params and stage tag
-            tracking.log_params(tracking.safe_params(cfg))
-            mlflow.set_tag("distill.stage", "analyze")
-        mlflow.set_tags({"analyze.run_id": cfg.run_id, "analyze.baseline_run": cfg.baseline_run or ""})
-        out_dir = Path(cfg.output_dir) / target
-        analysis = log_error_analysis(base_df, new_df, base_label=base_label, new_label=new_label or "new", local_dir=out_dir)
-    summary = summary_text(analysis)
-    print()
-    print(summary)
-    print(f"logged to run {target}  ·  files in {out_dir}  ·  {time.perf_counter() - started:.1f} s")
-    return AnalyzeOutputs(run_id=target, analysis=analysis, output_dir=out_dir)
+        )
+        for row in c.by_subject.itertuples():
+            lines.append(
+                f"    {str(row.subject)[:24]:24s} n={row.n:4d}  fixed {row.fixed:3d}  broken {row.broken:3d}  net {row.net:+d}"
+            )
+    return "\n".join(lines)

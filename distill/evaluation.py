@@ -1,84 +1,39 @@
-"""The `evaluate` stage: score a model on multiple-choice items, subject by subject, in MLflow.
+"""The evaluation library: score models on multiple-choice items, compare two, log both.
 
-Pure parts (other stages call them directly):
+Pure parts (the `evaluate`, `train` and `register` stages and the reports call them):
 - `evaluate_items(model, tokenizer, items, ...) -> EvalResult`: predictions table + metrics;
-- `compare_predictions(base_df, new_df, ...) -> dict`: paired comparison on the same items.
-Side effects, each on the active MLflow run:
+- `result_from_predictions(df)`: the metrics of a predictions table (rows as in
+  `distill.contracts`, "Prediction rows");
+- `compare_predictions(base_df, new_df, ...) -> dict`: paired comparison on the same items
+  (`check_same_items` says what differs when they are not);
+- `summary_text(result, comparison)`: the one-screen per-subject table.
+Side effects, each on the active MLflow run through `distill.tracking`:
 - `log_eval_result(result, ...)`: metrics, tags, predictions table (log_table and parquet),
   per-subject HTML chart, summary;
-- `log_comparison(comparison, base_df, new_df, ...)`: `compare/*` metrics, tags, chart, item diff.
-And `run(cfg)`, the entry point's whole job: load items and model, score, log, compare with a
-baseline run when asked, print a one-screen summary.
+- `log_comparison(comparison, base_df, new_df, ...)`: `compare/*` metrics, tags, chart, item diff;
+- `log_items_dataset(items, ...)`: the scored items as a dataset input;
+- `load_run_predictions(run_id)`: the predictions an earlier run logged, read back through the
+  contract (`normalise_predictions`).
+The base model's evaluation, cached across runs, is `distill.eval_cache`.
 """
 
 from __future__ import annotations
 
 import json
 import tempfile
-import time
 import unicodedata
 import warnings
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from distill.data.schema import MCQItem
+from distill.contracts import MCQItem, choice_label, normalise_predictions, predictions_frame
 from distill.errors import ConfigError, InputError
 
 PREDICTIONS_ARTIFACT_DIR = "evaluation"
 PREDICTIONS_FILE = "predictions.parquet"
 COMPARISON_ARTIFACT_DIR = "comparison"
-SCORING_MODES = ("logits", "generate")
-
-
-@dataclass
-class EvaluateConfig:
-    """Score a model on a multiple-choice set, subject by subject, and log it all to MLflow."""
-
-    model: str = field(default="tiny-qwen3", metadata={"help": "Model to score: a Hugging Face id, a local path, or tiny-qwen3 (built locally, no download)."})
-    adapter: str | None = field(default=None, metadata={"help": "Optional LoRA adapter on top of the model: a directory or an MLflow model URI (runs:/..., models:/...)."})
-    dataset: str | None = field(default=None, metadata={"help": "Items to score (a file). Empty: the bundled eval sample (distill/resources/eval_sample.jsonl)."})
-    format: str = field(default="auto", metadata={"help": "Dataset format: auto, competition, kice, kmmlu or jsonl."})
-    subject_map: str | None = field(default=None, metadata={"help": "Optional file mapping item ids or categories to subjects."})
-    allow_duplicate_choices: bool = field(default=False, metadata={"help": "Keep items with two identical choices (the real competition files have one each) instead of stopping with an error."})
-    batch_size: int = field(default=8, metadata={"help": "Items per forward pass (all choices of an item go in the same pass)."})
-    scoring: str = field(default="logits", metadata={"help": "logits: log-likelihood of each choice label after '정답: '; generate: the model writes its reasoning, the answer is read from it (unreadable = wrong, counted in eval/parse_failure_rate)."})
-    thinking: str = field(default="off", metadata={"help": "Qwen3 thinking in the prompt: on or off."})
-    baseline_run: str | None = field(default=None, metadata={"help": "Run id of an earlier evaluate run on the same items: log a paired comparison (compare/*)."})
-    bootstrap_samples: int = field(default=2000, metadata={"help": "Bootstrap resamples for the CI of the accuracy difference."})
-    seed: int = field(default=0, metadata={"help": "Seed of the bootstrap."})
-    experiment: str | None = field(default=None, metadata={"help": "MLflow experiment (default distill-eval)."})
-    output_dir: str = field(default="outputs/evaluate", metadata={"help": "Local folder for the predictions, chart and summary (also logged as artifacts)."})
-    max_items: int | None = field(default=None, metadata={"help": "Score only the first N items (a quick look); empty for all."})
-    device: str = field(default="auto", metadata={"help": "cuda, cpu, mps, or auto (the best available)."})
-    dtype: str = field(default="auto", metadata={"help": "auto (bf16 where supported, fp16 on GPUs without bf16, fp32 on CPU), bfloat16, float16 or float32."})
-    max_new_tokens: int = field(default=512, metadata={"help": "scoring=generate: longest answer (reasoning included)."})
-    cache_path: str | None = field(default=None, metadata={"help": "scoring=generate: response cache file; empty: a temporary one (never stale for a retrained adapter)."})
-    backend: str = field(default="local", metadata={"help": "scoring=generate: local (transformers here) or openai (an OpenAI-compatible server such as vLLM at OPENAI_BASE_URL; model = the served name)."})
-    concurrency: int = field(default=16, metadata={"help": "scoring=generate with backend=openai: requests in flight."})
-
-    def __post_init__(self) -> None:
-        from distill.data.prompts import parse_thinking
-
-        for name in ("adapter", "dataset", "subject_map", "baseline_run", "experiment", "cache_path"):
-            value = getattr(self, name)
-            if isinstance(value, str) and not value.strip():
-                setattr(self, name, None)
-        if isinstance(self.max_items, str):
-            self.max_items = int(self.max_items) if self.max_items.strip() else None
-        if self.dataset is None:
-            from distill.resources import resource_path
-
-            self.dataset = str(resource_path("eval_sample.jsonl"))
-        if self.scoring not in SCORING_MODES:
-            raise ConfigError(f"scoring must be 'logits' or 'generate', got {self.scoring!r}")
-        self.thinking = "on" if parse_thinking(self.thinking) else "off"
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}")
-        if self.bootstrap_samples < 1:
-            raise ConfigError(f"bootstrap_samples must be at least 1, got {self.bootstrap_samples}")
-        if self.max_items is not None and self.max_items < 1:
-            raise ConfigError(f"max_items must be at least 1 (or empty for all), got {self.max_items}")
 
 
 @dataclass
@@ -88,7 +43,7 @@ class EvalResult:
     predictions: Any
     """pandas DataFrame: id, subject, gold, pred, correct, n_choices, score_1..score_K."""
     metrics: dict[str, float]
-    """`eval/...` metrics (names as in DESIGN.md)."""
+    """`eval/...` metrics (names as in docs/design.md, "MLflow conventions")."""
     tags: dict[str, str]
     """Which figure is micro and which macro; scoring mode; renamed subjects."""
 
@@ -102,39 +57,8 @@ class EvalResult:
         return subject_table(self.metrics, self.subjects)
 
 
-@dataclass
-class EvaluateOutputs:
-    run_id: str
-    result: EvalResult
-    comparison: dict[str, float] | None
-    output_dir: Path
-    wall_s: float
-
-
 # --------------------------------------------------------------------------------------------
 # Pure functions
-
-
-def predictions_frame(items: Sequence[MCQItem], scores: Sequence[Sequence[float]], preds: Sequence[int]):
-    """One row per item; score_k is NaN for labels beyond the item's own choice count."""
-    import pandas as pd
-
-    width = max((item.n_choices for item in items), default=0)
-    rows = []
-    for item, item_scores, pred in zip(items, scores, preds):
-        row: dict[str, Any] = {
-            "id": item.id,
-            "subject": item.subject,
-            "gold": int(item.answer),  # type: ignore[arg-type]
-            "pred": int(pred),
-            "correct": bool(int(pred) == int(item.answer)),  # type: ignore[arg-type]
-            "n_choices": item.n_choices,
-        }
-        for k in range(1, width + 1):
-            row[f"score_{k}"] = float(item_scores[k - 1]) if k <= len(item_scores) else float("nan")
-        rows.append(row)
-    columns = ["id", "subject", "gold", "pred", "correct", "n_choices"] + [f"score_{k}" for k in range(1, width + 1)]
-    return pd.DataFrame(rows, columns=columns)
 
 
 def result_from_predictions(predictions, *, scoring: str = "logits", parse_failures: int = 0) -> EvalResult:
@@ -142,7 +66,7 @@ def result_from_predictions(predictions, *, scoring: str = "logits", parse_failu
     from distill.metrics import compute_metrics, metric_tags
 
     gold = [int(g) for g in predictions["gold"]]
-    pred = [None if p is None or p != p else int(p) for p in predictions["pred"]]
+    pred = [choice_label(p) for p in predictions["pred"]]  # None, NaN and pd.NA: no answer
     subjects = [str(s) for s in predictions["subject"]]
     metrics = compute_metrics(gold, pred, subjects, parse_failures=parse_failures)
     tags = metric_tags(scoring=scoring, subjects=subjects)
@@ -166,13 +90,19 @@ def evaluate_items(
         raise ConfigError("no items to evaluate")
     for item in items:
         if item.answer is None:
-            raise InputError(item.source or "<items>", f"item {item.id!r} has no gold answer; evaluation needs one", field="answer")
-    scores = score_choices(model, tokenizer, items, thinking=parse_thinking(thinking), batch_size=batch_size, progress=progress)
+            raise InputError(
+                item.source or "<items>", f"item {item.id!r} has no gold answer; evaluation needs one", field="answer"
+            )
+    scores = score_choices(
+        model, tokenizer, items, thinking=parse_thinking(thinking), batch_size=batch_size, progress=progress
+    )
     preds = predict(scores)
     return result_from_predictions(predictions_frame(items, scores, preds), scoring="logits")
 
 
-def check_same_items(base_ids: Sequence[str], new_ids: Sequence[str], *, base_name: str = "baseline", new_name: str = "this evaluation") -> None:
+def check_same_items(
+    base_ids: Sequence[str], new_ids: Sequence[str], *, base_name: str = "baseline", new_name: str = "this evaluation"
+) -> None:
     """A paired comparison needs exactly the same items on both sides; say what differs."""
     for name, ids in ((base_name, base_ids), (new_name, new_ids)):
         if len(set(ids)) != len(ids):
@@ -202,8 +132,10 @@ def compare_predictions(base_df, new_df, *, n_boot: int = 2000, seed: int = 0) -
     from distill.stats import paired_comparison
 
     check_same_items(list(map(str, base_df["id"])), list(map(str, new_df["id"])))
-    merged = new_df[["id", "subject", "gold", "correct"]].astype({"id": str}).merge(
-        base_df[["id", "gold", "correct"]].astype({"id": str}), on="id", suffixes=("_new", "_base")
+    merged = (
+        new_df[["id", "subject", "gold", "correct"]]
+        .astype({"id": str})
+        .merge(base_df[["id", "gold", "correct"]].astype({"id": str}), on="id", suffixes=("_new", "_base"))
     )
     differing = merged[merged["gold_new"].astype(int) != merged["gold_base"].astype(int)]
     if len(differing):
@@ -230,13 +162,69 @@ def compare_predictions(base_df, new_df, *, n_boot: int = 2000, seed: int = 0) -
 # Side effects: MLflow and files
 
 
+def dataset_digest(items: Sequence[MCQItem]) -> str:
+    """`items_digest` cut to 16 hex digits: MLflow caps a dataset digest at 36 characters."""
+    from distill.data.loaders import items_digest
+
+    return items_digest(items)[:16]
+
+
+def items_frame(items: Sequence[MCQItem]):
+    """The items as a pandas frame (choices as JSON text), as logged for a dataset input."""
+    import pandas as pd
+
+    return pd.DataFrame(
+        [
+            {
+                "id": item.id,
+                "subject": item.subject,
+                "paragraph": item.paragraph,
+                "question": item.question,
+                "question_plus": item.question_plus,
+                "choices": json.dumps(list(item.choices), ensure_ascii=False),
+                "answer": item.answer,
+                "source": item.source,
+            }
+            for item in items
+        ]
+    )
+
+
+def log_items_dataset(items: Sequence[MCQItem], *, source: str | Path, name: str, context: str) -> None:
+    """The scored items as a dataset input of the active run (digest: `dataset_digest`)."""
+    from distill import tracking
+
+    with warnings.catch_warnings():
+        # MLflow registers its local-file source twice and says so on every call; and the
+        # integer-schema hint concerns model signatures, not a logged dataset.
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
+        tracking.log_dataset(
+            items_frame(items),
+            name=name,
+            source=str(Path(str(source)).resolve()),
+            context=context,
+            digest=dataset_digest(items),
+            targets="answer",
+        )
+
+
 def _renamed(mapping: dict[str, Any], prefix: str, separator: str) -> dict[str, Any]:
     if prefix == "eval":
         return dict(mapping)
-    return {prefix + key[len("eval"):] if key.startswith("eval" + separator) else key: value for key, value in mapping.items()}
+    return {
+        prefix + key[len("eval") :] if key.startswith("eval" + separator) else key: value
+        for key, value in mapping.items()
+    }
 
 
-def summary_text(result: EvalResult, comparison: dict[str, float] | None = None, *, title: str = "", base_result: EvalResult | None = None) -> str:
+def summary_text(
+    result: EvalResult,
+    comparison: dict[str, float] | None = None,
+    *,
+    title: str = "",
+    base_result: EvalResult | None = None,
+) -> str:
     """A one-screen table: per subject n, accuracy, macro-F1 (and the comparison when given)."""
     from distill.metrics import subject_keys
 
@@ -263,9 +251,33 @@ def summary_text(result: EvalResult, comparison: dict[str, float] | None = None,
 
     for subject in result.subjects:
         key = keys[subject]
-        lines.append([subject, str(int(m[f"eval/n/{key}"])), f"{m[f'eval/accuracy/{key}']:.3f}", f"{m[f'eval/macro_f1/{key}']:.3f}"] + compare_cells(f"/{key}"))
-    lines.append(["overall (micro, over items)", str(int(m["eval/n"])), f"{m['eval/accuracy']:.3f}", f"{m['eval/macro_f1']:.3f}"] + compare_cells(""))
-    lines.append(["mean of subjects (macro)", str(len(keys)), f"{m['eval/accuracy_subject_macro']:.3f}", f"{m['eval/macro_f1_subject_macro']:.3f}"] + ([""] * 5 if comparison is not None else []))
+        lines.append(
+            [
+                subject,
+                str(int(m[f"eval/n/{key}"])),
+                f"{m[f'eval/accuracy/{key}']:.3f}",
+                f"{m[f'eval/macro_f1/{key}']:.3f}",
+            ]
+            + compare_cells(f"/{key}")
+        )
+    lines.append(
+        [
+            "overall (micro, over items)",
+            str(int(m["eval/n"])),
+            f"{m['eval/accuracy']:.3f}",
+            f"{m['eval/macro_f1']:.3f}",
+        ]
+        + compare_cells("")
+    )
+    lines.append(
+        [
+            "mean of subjects (macro)",
+            str(len(keys)),
+            f"{m['eval/accuracy_subject_macro']:.3f}",
+            f"{m['eval/macro_f1_subject_macro']:.3f}",
+        ]
+        + ([""] * 5 if comparison is not None else [])
+    )
     widths = [max(_display_width(row[i]) for row in [header] + lines) for i in range(len(header))]
 
     def fmt(row: list[str]) -> str:
@@ -273,7 +285,13 @@ def summary_text(result: EvalResult, comparison: dict[str, float] | None = None,
         return "  ".join(cells).rstrip()
 
     rule = "-" * (sum(widths) + 2 * (len(widths) - 1))
-    out = ([title] if title else []) + [fmt(header), rule] + [fmt(r) for r in lines[:-2]] + [rule] + [fmt(r) for r in lines[-2:]]
+    out = (
+        ([title] if title else [])
+        + [fmt(header), rule]
+        + [fmt(r) for r in lines[:-2]]
+        + [rule]
+        + [fmt(r) for r in lines[-2:]]
+    )
     out.append(f"parse failure rate {m['eval/parse_failure_rate']:.3f}")
     return "\n".join(out)
 
@@ -292,34 +310,54 @@ def _write_eval_files(result: EvalResult, folder: Path, *, prefix: str) -> dict[
     from distill.io import atomic_path, write_text_atomic
 
     folder.mkdir(parents=True, exist_ok=True)
-    paths = {"predictions": folder / PREDICTIONS_FILE, "chart": folder / "subject_metrics.html", "summary": folder / "summary.txt", "metrics": folder / "metrics.json"}
+    paths = {
+        "predictions": folder / PREDICTIONS_FILE,
+        "chart": folder / "subject_metrics.html",
+        "summary": folder / "summary.txt",
+        "metrics": folder / "metrics.json",
+    }
     with atomic_path(paths["predictions"]) as tmp:
         result.predictions.to_parquet(tmp, index=False)
     m = result.metrics
     overall = {"n": m["eval/n"], "accuracy": m["eval/accuracy"], "macro_f1": m["eval/macro_f1"]}
-    write_text_atomic(paths["chart"], figure_html(subject_bar_chart(result.subject_rows(), overall, title=f"{prefix}: accuracy and macro-F1 per subject")))
+    write_text_atomic(
+        paths["chart"],
+        figure_html(
+            subject_bar_chart(result.subject_rows(), overall, title=f"{prefix}: accuracy and macro-F1 per subject")
+        ),
+    )
     write_text_atomic(paths["summary"], summary_text(result) + "\n")
-    write_text_atomic(paths["metrics"], json.dumps(_renamed(result.metrics, prefix, "/"), ensure_ascii=False, indent=2, sort_keys=True) + "\n")
+    write_text_atomic(
+        paths["metrics"],
+        json.dumps(_renamed(result.metrics, prefix, "/"), ensure_ascii=False, indent=2, sort_keys=True) + "\n",
+    )
     return paths
 
 
-def log_eval_result(result: EvalResult, *, prefix: str = "eval", artifact_dir: str = PREDICTIONS_ARTIFACT_DIR, local_dir: str | Path | None = None) -> dict[str, Path]:
+def log_eval_result(
+    result: EvalResult,
+    *,
+    prefix: str = "eval",
+    artifact_dir: str = PREDICTIONS_ARTIFACT_DIR,
+    local_dir: str | Path | None = None,
+) -> dict[str, Path]:
     """Log one evaluation to the active MLflow run; return the local files written.
 
     Metrics go in as `<prefix>/...` (default `eval/...`), tags as `<prefix>.<name>.average`;
-    under `artifact_dir`: predictions.json (mlflow.log_table), predictions.parquet,
+    under `artifact_dir`: predictions.json (an MLflow table), predictions.parquet,
     subject_metrics.html, summary.txt, metrics.json. Files are written to `local_dir` (atomic) or
     to a temporary folder.
     """
-    import mlflow
+    from distill import tracking
 
-    mlflow.log_metrics(_renamed(result.metrics, prefix, "/"))
-    mlflow.set_tags(_renamed(result.tags, prefix, "."))
-    mlflow.log_table(result.predictions, artifact_file=f"{artifact_dir}/predictions.json")
+    tracking.log_metrics(_renamed(result.metrics, prefix, "/"))
+    tracking.set_tags(_renamed(result.tags, prefix, "."))
+    tracking.log_table(result.predictions, artifact_file=f"{artifact_dir}/predictions.json")
+
     def write_and_log(folder: Path) -> dict[str, Path]:
         paths = _write_eval_files(result, folder, prefix=prefix)
         for path in paths.values():
-            mlflow.log_artifact(str(path), artifact_dir)
+            tracking.log_artifact(path, artifact_dir)
         return paths
 
     if local_dir is None:
@@ -329,22 +367,36 @@ def log_eval_result(result: EvalResult, *, prefix: str = "eval", artifact_dir: s
     return write_and_log(Path(local_dir))
 
 
-def load_run_predictions(run_id: str, artifact_path: str = f"{PREDICTIONS_ARTIFACT_DIR}/{PREDICTIONS_FILE}"):
-    """The predictions table an earlier evaluate run logged (a clear error when there is none)."""
-    import mlflow
+def read_predictions(path: str | Path, *, source: str | None = None):
+    """A predictions parquet file, read through the contract (`normalise_predictions`)."""
     import pandas as pd
-    from mlflow.exceptions import MlflowException
 
+    return normalise_predictions(pd.read_parquet(path), source=source or str(path))
+
+
+def load_run_predictions(
+    run_id: str,
+    artifact_path: str = f"{PREDICTIONS_ARTIFACT_DIR}/{PREDICTIONS_FILE}",
+    *,
+    role: str = "baseline_run",
+):
+    """The predictions table an earlier evaluate run logged, normalised (a clear error when there
+    is none). `role` names the run in the errors (the config field that gave it)."""
+    from mlflow.exceptions import MlflowException  # only to tell "no such run" from other faults
+
+    from distill import tracking
+
+    client = tracking.client()
     try:
-        mlflow.MlflowClient().get_run(run_id)
+        client.get_run(run_id)
     except MlflowException:
-        raise ConfigError(f"baseline_run {run_id!r} is not a run in the tracking store {mlflow.get_tracking_uri()}") from None
+        raise ConfigError(f"{role} {run_id!r} is not a run in the tracking store {client.tracking_uri}") from None
     with tempfile.TemporaryDirectory(prefix="distill-baseline-") as tmp:
         try:
-            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=tmp)
+            local = tracking.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=tmp)
         except (MlflowException, OSError):
-            raise ConfigError(f"baseline_run {run_id!r} has no {artifact_path} artifact; is it an evaluate run?") from None
-        return pd.read_parquet(local)
+            raise ConfigError(f"{role} {run_id!r} has no {artifact_path} artifact; is it an evaluate run?") from None
+        return read_predictions(local, source=f"runs:/{run_id}/{artifact_path}")
 
 
 def log_comparison(
@@ -361,12 +413,11 @@ def log_comparison(
     local_dir: str | Path | None = None,
 ) -> dict[str, Path]:
     """Log `compare/*` metrics, tags, the side-by-side chart and the per-item diff to the active run."""
-    import mlflow
-
+    from distill import tracking
     from distill.charts import comparison_bar_chart, figure_html
     from distill.io import atomic_path, write_text_atomic
 
-    mlflow.log_metrics(comparison)
+    tracking.log_metrics(comparison)
     tags = {
         "compare.delta_accuracy.definition": "accuracy(new) - accuracy(base), micro over the shared items",
         "compare.delta_ci.method": f"paired bootstrap over items, percentile 95% CI (n_boot={n_boot}, seed={seed})",
@@ -376,35 +427,44 @@ def log_comparison(
     }
     if baseline_run:
         tags["compare.baseline_run"] = baseline_run
-    mlflow.set_tags(tags)
+    tracking.set_tags(tags)
 
-    base_result = result_from_predictions(_aligned(base_df, new_df))
+    base_result = result_from_predictions(aligned_base(base_df, new_df))
     new_result = result_from_predictions(new_df)
-    diff = new_df[["id", "subject", "gold", "pred", "correct"]].astype({"id": str}).merge(
-        base_df[["id", "pred", "correct"]].astype({"id": str}), on="id", suffixes=("", "_base")
-    )
-    diff["change"] = [
-        "fixed" if n and not b else "broken" if b and not n else "same"
-        for b, n in zip(diff["correct_base"], diff["correct"])
-    ]
-    mlflow.log_table(diff, artifact_file=f"{artifact_dir}/item_changes.json")
+    diff = item_changes(base_df, new_df)
+    tracking.log_table(diff, artifact_file=f"{artifact_dir}/item_changes.json")
 
     def overall(result: EvalResult) -> dict[str, float]:
-        return {"n": result.metrics["eval/n"], "accuracy": result.metrics["eval/accuracy"], "macro_f1": result.metrics["eval/macro_f1"]}
+        return {
+            "n": result.metrics["eval/n"],
+            "accuracy": result.metrics["eval/accuracy"],
+            "macro_f1": result.metrics["eval/macro_f1"],
+        }
 
     fig = comparison_bar_chart(
-        base_result.subject_rows(), new_result.subject_rows(), base_label=base_label, new_label=new_label,
-        base_overall=overall(base_result), new_overall=overall(new_result),
+        base_result.subject_rows(),
+        new_result.subject_rows(),
+        base_label=base_label,
+        new_label=new_label,
+        base_overall=overall(base_result),
+        new_overall=overall(new_result),
         title=f"{base_label} vs {new_label}: Δ accuracy {comparison['compare/delta_accuracy']:+.3f}, McNemar p={comparison['compare/mcnemar_p']:.3g}",
     )
+
     def write_and_log(folder: Path) -> dict[str, Path]:
-        paths = {"chart": folder / "comparison.html", "item_changes": folder / "item_changes.parquet", "comparison": folder / "comparison.json"}
+        paths = {
+            "chart": folder / "comparison.html",
+            "item_changes": folder / "item_changes.parquet",
+            "comparison": folder / "comparison.json",
+        }
         write_text_atomic(paths["chart"], figure_html(fig))
         with atomic_path(paths["item_changes"]) as tmp:
             diff.to_parquet(tmp, index=False)
-        write_text_atomic(paths["comparison"], json.dumps(comparison, ensure_ascii=False, indent=2, sort_keys=True) + "\n")
+        write_text_atomic(
+            paths["comparison"], json.dumps(comparison, ensure_ascii=False, indent=2, sort_keys=True) + "\n"
+        )
         for path in paths.values():
-            mlflow.log_artifact(str(path), artifact_dir)
+            tracking.log_artifact(path, artifact_dir)
         return paths
 
     if local_dir is None:
@@ -414,127 +474,23 @@ def log_comparison(
     return write_and_log(Path(local_dir))
 
 
-def _aligned(base_df, new_df):
+def item_changes(base_df, new_df):
+    """Per item: id, subject, gold, pred, correct (new), pred_base, correct_base and `change`
+    (fixed, broken or same)."""
+    diff = (
+        new_df[["id", "subject", "gold", "pred", "correct"]]
+        .astype({"id": str})
+        .merge(base_df[["id", "pred", "correct"]].astype({"id": str}), on="id", suffixes=("", "_base"))
+    )
+    diff["change"] = [
+        "fixed" if n and not b else "broken" if b and not n else "same"
+        for b, n in zip(diff["correct_base"], diff["correct"])
+    ]
+    return diff
+
+
+def aligned_base(base_df, new_df):
     """The base predictions with the new frame's subjects (the comparison's subject axis)."""
     base = base_df.drop(columns=["subject"]).astype({"id": str})
     subjects = new_df[["id", "subject"]].astype({"id": str})
     return subjects.merge(base, on="id")
-
-
-# --------------------------------------------------------------------------------------------
-# The stage
-
-
-def log_config_params(params: dict[str, Any]) -> None:
-    """Kept for callers that import it from here; the implementation is `tracking.log_params`."""
-    from distill.tracking import log_params
-
-    log_params(params)
-
-
-def dataset_digest(items: Sequence[MCQItem]) -> str:
-    """`items_digest` cut to 16 hex digits: MLflow caps a dataset digest at 36 characters."""
-    from distill.data.loaders import items_digest
-
-    return items_digest(items)[:16]
-
-
-def _log_dataset(items: Sequence[MCQItem], cfg: EvaluateConfig, folder: Path) -> None:
-    import mlflow
-    import pandas as pd
-
-    from distill.io import write_jsonl
-
-    frame = pd.DataFrame(
-        [
-            {
-                "id": item.id, "subject": item.subject, "paragraph": item.paragraph, "question": item.question,
-                "question_plus": item.question_plus, "choices": json.dumps(list(item.choices), ensure_ascii=False),
-                "answer": item.answer, "source": item.source,
-            }
-            for item in items
-        ]
-    )
-    name = Path(str(cfg.dataset)).stem + (f"[:{cfg.max_items}]" if cfg.max_items else "")
-    with warnings.catch_warnings():
-        # MLflow registers its local-file source twice and says so on every call; and the
-        # integer-schema hint concerns model signatures, not a logged dataset.
-        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
-        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
-        dataset = mlflow.data.from_pandas(
-            frame, source=str(Path(str(cfg.dataset)).resolve()), targets="answer", name=name, digest=dataset_digest(items)
-        )
-        mlflow.log_input(dataset, context="eval")
-    path = write_jsonl(folder / "items.jsonl", (item.to_dict() for item in items))
-    mlflow.log_artifact(str(path), PREDICTIONS_ARTIFACT_DIR)
-
-
-def run(cfg: EvaluateConfig) -> EvaluateOutputs:
-    """Load items and model, score, log everything to MLflow, compare with a baseline, print a summary."""
-    import mlflow
-
-    from distill import tracking
-    from distill.data.loaders import load_items
-    from distill.models import load_student
-
-    started = time.perf_counter()
-    tracking.configure(cfg.experiment, "evaluate")
-    items = load_items(cfg.dataset, cfg.format, cfg.subject_map, require_answer=True, allow_duplicate_choices=cfg.allow_duplicate_choices)
-    if cfg.max_items is not None:
-        items = items[: cfg.max_items]
-    if not items:
-        raise InputError(cfg.dataset, "no items to evaluate")
-
-    base_df = None
-    if cfg.baseline_run:  # fail before loading a model if the baseline cannot be compared
-        base_df = load_run_predictions(cfg.baseline_run)
-        check_same_items(list(map(str, base_df["id"])), [item.id for item in items], base_name=f"baseline run {cfg.baseline_run}")
-
-    output_dir = Path(cfg.output_dir)
-    model_label = cfg.model + (f" + {cfg.adapter}" if cfg.adapter else "")
-    with tracking.start_run(run_name=f"evaluate {Path(cfg.model).name}") as active:
-        run_id = active.info.run_id
-        log_config_params(tracking.safe_params(cfg))
-        mlflow.set_tags({"distill.stage": "evaluate", "distill.model": cfg.model, "distill.adapter": cfg.adapter or ""})
-        run_dir = output_dir / run_id
-        _log_dataset(items, cfg, run_dir)
-
-        scoring_started = time.perf_counter()
-        device = None if cfg.device == "auto" else cfg.device
-        if cfg.scoring == "generate":
-            from distill.generation_eval import generate_predictions
-
-            predictions = generate_predictions(
-                cfg.model, items, adapter=cfg.adapter, thinking=cfg.thinking == "on",
-                batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
-                cache_path=cfg.cache_path, device=device, dtype=cfg.dtype,
-                backend=cfg.backend, concurrency=cfg.concurrency,
-            )
-            result = result_from_predictions(predictions, scoring="generate", parse_failures=int((~predictions["parsed"]).sum()))
-        else:
-            model, tokenizer = load_student(cfg.model, adapter=cfg.adapter, device=device, dtype=cfg.dtype)
-            result = evaluate_items(model, tokenizer, items, thinking=cfg.thinking, batch_size=cfg.batch_size, progress=True)
-        scoring_s = time.perf_counter() - scoring_started
-        mlflow.log_metrics({"eval/scoring_s": scoring_s, "eval/items_per_s": len(items) / scoring_s if scoring_s > 0 else float("nan")})
-        log_eval_result(result, local_dir=run_dir / PREDICTIONS_ARTIFACT_DIR)
-
-        comparison = None
-        base_result = None
-        if base_df is not None:
-            comparison = compare_predictions(base_df, result.predictions, n_boot=cfg.bootstrap_samples, seed=cfg.seed)
-            base_result = result_from_predictions(_aligned(base_df, result.predictions))
-            log_comparison(
-                comparison, base_df, result.predictions, baseline_run=cfg.baseline_run,
-                base_label=f"baseline {cfg.baseline_run[:8]}", new_label="this run",  # type: ignore[index]
-                n_boot=cfg.bootstrap_samples, seed=cfg.seed, local_dir=run_dir / COMPARISON_ARTIFACT_DIR,
-            )
-        wall_s = time.perf_counter() - started
-        mlflow.log_metric("eval/wall_s", wall_s)
-
-    title = f"evaluate  {model_label}  on {Path(str(cfg.dataset)).name} ({len(items)} items, scoring={cfg.scoring}, thinking={cfg.thinking})"
-    print()
-    print(summary_text(result, comparison, title=title, base_result=base_result))
-    if comparison is not None:
-        print(f"compared with run {cfg.baseline_run}: Δ accuracy {comparison['compare/delta_accuracy']:+.3f}, McNemar p={comparison['compare/mcnemar_p']:.3g}")
-    print(f"run {run_id}  ·  files in {run_dir}  ·  {wall_s:.1f} s ({scoring_s:.1f} s scoring)")
-    return EvaluateOutputs(run_id=run_id, result=result, comparison=comparison, output_dir=run_dir, wall_s=wall_s)

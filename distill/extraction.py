@@ -39,7 +39,7 @@ def strip_think(text: str) -> str:
     text = _THINK_BLOCK.sub("", text)
     closes = list(_THINK_CLOSE.finditer(text))
     if closes:
-        text = text[closes[-1].end():]
+        text = text[closes[-1].end() :]
     opened = _THINK_OPEN.search(text)
     if opened:
         text = text[: opened.start()]
@@ -56,10 +56,10 @@ def split_think(text: str) -> tuple[str, str]:
     closes = list(_THINK_CLOSE.finditer(rest))
     if closes:
         thoughts.insert(0, rest[: closes[-1].start()].strip())
-        rest = rest[closes[-1].end():]
+        rest = rest[closes[-1].end() :]
     opened = _THINK_OPEN.search(rest)
     if opened:
-        thoughts.append(rest[opened.end():].strip())
+        thoughts.append(rest[opened.end() :].strip())
     return "\n\n".join(t for t in thoughts if t), visible
 
 
@@ -80,9 +80,7 @@ _MARKERS = [
 ]
 _FORWARD = re.compile(rf"(?:{'|'.join(_MARKERS)})(?:\*\*\s*)?{_VALUE}", re.I)
 # "3번이 정답이다" / "③이 답이다", but not "3번이 정답이 아닌 이유".
-_REVERSE = re.compile(
-    rf"{_VALUE}\s*(?:이|가)\s*(?:정답|답)(?![가-힣]*\s*(?:이|은|는)?\s*(?:아니|아닌|아님))", re.I
-)
+_REVERSE = re.compile(rf"{_VALUE}\s*(?:이|가)\s*(?:정답|답)(?![가-힣]*\s*(?:이|은|는)?\s*(?:아니|아닌|아님))", re.I)
 _ONE_TOKEN = re.compile(r"\d{1,2}|[①-⑩]")
 
 _BARE_LINE = re.compile(r"^[\s\*\(\[]*(\d{1,2}|[①-⑩])[\)\]\*]*\s*(?:번)?\s*[\.\)]?\s*$")
@@ -218,7 +216,7 @@ def _normalise_verdict(word: str) -> str | None:
 
 
 def parse_judge_verdict(text: str | None) -> str | None:
-    """"A", "B" or "TIE" from a judge's answer, or None. Strict: only an explicit verdict
+    """ "A", "B" or "TIE" from a judge's answer, or None. Strict: only an explicit verdict
     (`판정: A`, `Verdict: B`, `[[TIE]]`, `{"verdict": "A"}`, or a last line that is just the
     verdict) counts; the last one decides; a letter in passing never does."""
     if not text:

@@ -16,13 +16,15 @@ from a stale cache (its path, not its weights, is in the cache key).
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from distill.data.schema import MCQItem
+from distill.contracts import PREDICTION_COLUMNS, MCQItem
 from distill.errors import ConfigError, DistillError, InputError
 
-PREDICTION_COLUMNS = ["id", "subject", "gold", "pred", "correct", "n_choices", "text", "reasoning", "parsed"]
+GENERATE_COLUMNS = [*PREDICTION_COLUMNS, "text", "reasoning", "parsed"]
+"""The prediction rows of `distill.contracts` and what generation adds (no `score_k`: nothing is scored)."""
 
 
 def generation_requests(items: Sequence[MCQItem], *, thinking: bool, max_new_tokens: int, seed: int) -> list:
@@ -30,7 +32,9 @@ def generation_requests(items: Sequence[MCQItem], *, thinking: bool, max_new_tok
     from distill.data.prompts import render_messages
     from distill.llm import GenerationParams, Request
 
-    params = GenerationParams(temperature=0.0, max_output_tokens=int(max_new_tokens), thinking=bool(thinking), seed=int(seed))
+    params = GenerationParams(
+        temperature=0.0, max_output_tokens=int(max_new_tokens), thinking=bool(thinking), seed=int(seed)
+    )
     return [Request(messages=tuple(render_messages(item)), params=params, label=f"eval {item.id}") for item in items]
 
 
@@ -45,18 +49,20 @@ def predictions_from_texts(items: Sequence[MCQItem], texts: Sequence[str]):
     rows = []
     for item, text in zip(items, texts):
         pred = extract_answer(text, item.n_choices)
-        rows.append({
-            "id": item.id,
-            "subject": item.subject,
-            "gold": int(item.answer),  # type: ignore[arg-type]
-            "pred": pred,
-            "correct": bool(pred is not None and pred == item.answer),
-            "n_choices": item.n_choices,
-            "text": text,
-            "reasoning": strip_think(text),
-            "parsed": pred is not None,
-        })
-    frame = pd.DataFrame(rows, columns=PREDICTION_COLUMNS)
+        rows.append(
+            {
+                "id": item.id,
+                "subject": item.subject,
+                "gold": int(item.answer),  # type: ignore[arg-type]
+                "pred": pred,
+                "correct": bool(pred is not None and pred == item.answer),
+                "n_choices": item.n_choices,
+                "text": text,
+                "reasoning": strip_think(text),
+                "parsed": pred is not None,
+            }
+        )
+    frame = pd.DataFrame(rows, columns=GENERATE_COLUMNS)
     frame["pred"] = frame["pred"].astype(object).where(frame["pred"].notna(), None)
     return frame
 
@@ -101,7 +107,9 @@ def generate_predictions(
         raise ConfigError("no items to evaluate")
     for item in items:
         if item.answer is None:
-            raise InputError(item.source or "<items>", f"item {item.id!r} has no gold answer; evaluation needs one", field="answer")
+            raise InputError(
+                item.source or "<items>", f"item {item.id!r} has no gold answer; evaluation needs one", field="answer"
+            )
     if max_new_tokens < 1:
         raise ConfigError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     requests = generation_requests(items, thinking=thinking, max_new_tokens=max_new_tokens, seed=seed)
@@ -109,10 +117,14 @@ def generate_predictions(
     def answer(path: Path) -> list[str]:
         cache = ResponseCache(path)
         if backend == "local":
-            generator = LocalBackend(model, cache=cache, adapter=adapter, device=device, dtype=dtype, batch_size=batch_size, loaded=loaded)
+            generator = LocalBackend(
+                model, cache=cache, adapter=adapter, device=device, dtype=dtype, batch_size=batch_size, loaded=loaded
+            )
         elif backend == "openai":
             if adapter:
-                raise ConfigError("backend=openai: serve the adapter with the server (vLLM --lora-modules) and pass its name as the model")
+                raise ConfigError(
+                    "backend=openai: serve the adapter with the server (vLLM --lora-modules) and pass its name as the model"
+                )
             from distill.llm import make_backend
 
             generator = make_backend("openai", model, cache=cache, concurrency=concurrency, seed=seed)
@@ -125,7 +137,9 @@ def generate_predictions(
             cache.close()
         failed = [r for r in responses if not r.ok]
         if failed:
-            raise DistillError(f"{backend} generation failed for {len(failed)} of {len(responses)} items: {failed[0].error}")
+            raise DistillError(
+                f"{backend} generation failed for {len(failed)} of {len(responses)} items: {failed[0].error}"
+            )
         return [r.text for r in responses]
 
     if cache_path is not None:

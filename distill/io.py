@@ -9,9 +9,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 
 @contextlib.contextmanager
@@ -45,20 +47,57 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> Path
     return Path(path)
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Read JSON lines; a bad line is an InputError naming file and row."""
+UTF8_BOM = b"\xef\xbb\xbf"
+UNDECODABLE = re.compile("[\udc80-\udcff]")
+"""Lone surrogates: what undecodable bytes become under errors="surrogateescape"."""
+
+
+def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
+    """The one JSON-lines reader: (1-based row, object) for each non-blank line.
+
+    A UTF-8 byte-order mark is skipped. A line that is not UTF-8, not JSON, or not a JSON object
+    is an InputError naming the file and row (and, for bad bytes, the field that holds them).
+    Every stage input in JSON lines (items, hard negatives, pairs, recordings) goes through here.
+    """
     from distill.errors import InputError
 
-    rows: list[dict[str, Any]] = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(path, f"not valid JSON ({exc.msg})", row=lineno) from None
-            if not isinstance(value, dict):
-                raise InputError(path, "each line must be a JSON object", row=lineno)
-            rows.append(value)
-    return rows
+    raw = Path(path).read_bytes()
+    if raw.startswith(UTF8_BOM):
+        raw = raw[len(UTF8_BOM) :]
+    for lineno, line_bytes in enumerate(raw.split(b"\n"), start=1):
+        if not line_bytes.strip():
+            continue
+        try:
+            line = line_bytes.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InputError(
+                path,
+                f"not UTF-8: byte 0x{line_bytes[exc.start : exc.start + 1].hex()} cannot be decoded",
+                lineno,
+                _field_with_undecodable(line_bytes),
+            ) from None
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(path, f"not valid JSON ({exc.msg}, column {exc.colno})", lineno) from None
+        if not isinstance(value, dict):
+            raise InputError(path, f"each line must be a JSON object, got {type(value).__name__}", lineno)
+        yield lineno, value
+
+
+def _field_with_undecodable(line_bytes: bytes) -> str | None:
+    """The key whose value holds the undecodable bytes of a JSON line, when the line still parses."""
+    try:
+        data = json.loads(line_bytes.decode("utf-8", errors="surrogateescape"))
+    except json.JSONDecodeError:
+        return None
+    if isinstance(data, dict):
+        for key, value in data.items():
+            if UNDECODABLE.search(json.dumps(value, ensure_ascii=False)):
+                return str(key)
+    return None
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Every object of a JSON-lines file (see `iter_jsonl` for the errors)."""
+    return [value for _, value in iter_jsonl(path)]

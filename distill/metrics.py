@@ -1,4 +1,5 @@
-"""Accuracy and macro-F1, overall and per subject, under the metric names of DESIGN.md.
+"""Accuracy and macro-F1, overall and per subject, under the metric names of docs/design.md
+("MLflow conventions").
 
 Two kinds of average, and a tag says which figure is which:
 - micro: over items (`eval/accuracy`, `eval/macro_f1` pool every item of the set);
@@ -19,7 +20,8 @@ readable), `_ - . / space` and, off Windows, `:`. Any other character of a subje
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 PREFIX = "eval"
 
@@ -101,7 +103,7 @@ def compute_metrics(
     parse_failures: int = 0,
     prefix: str = PREFIX,
 ) -> dict[str, float]:
-    """Every evaluation metric under its DESIGN.md name.
+    """Every evaluation metric under its name in docs/design.md ("MLflow conventions").
 
     `parse_failures`: items whose answer could not be read (always 0 for logit scoring; the
     generate mode counts them, and their `pred` is None).
@@ -146,7 +148,9 @@ def _mean(values: Iterable[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
-def subject_table(metrics: Mapping[str, Any], subjects: Iterable[str], *, prefix: str = PREFIX) -> list[dict[str, Any]]:
+def subject_table(
+    metrics: Mapping[str, Any], subjects: Iterable[str], *, prefix: str = PREFIX
+) -> list[dict[str, Any]]:
     """Rows (subject, n, accuracy, macro_f1) read back from a metrics dict, for charts and summaries."""
     keys = subject_keys(subjects)
     return [

@@ -87,6 +87,11 @@ def pick_dtype(device: str, requested: str = "auto"):
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
 
 
+def dtype_name(device: str, requested: str = "auto") -> str:
+    """`pick_dtype`'s torch dtype as text (`bfloat16`, `float16`, `float32`): logged, and a cache key."""
+    return str(pick_dtype(device, requested)).replace("torch.", "")
+
+
 # --------------------------------------------------------------------------- where things are
 
 

@@ -157,7 +157,8 @@ class QuietProgressCallback(ProgressCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and self.training_bar is not None and logs:
-            shown = {k: f"{logs[k]:.3g}" for k in ("loss", "rewards/accuracies") if isinstance(logs.get(k), (int, float))}
+            shown = {
+                k: f"{logs[k]:.3g}" for k in ("loss", "rewards/accuracies") if isinstance(logs.get(k), (int, float))
+            }
             if shown:
                 self.training_bar.set_postfix(shown, refresh=False)
-

@@ -1,6 +1,6 @@
 """Preference pairs: load them from wherever they live, check them, pick the ones a run trains on.
 
-A pair (DESIGN.md, Data contracts) is one JSON object:
+A pair (docs/design.md, "Data flow and contracts") is one JSON object:
 `id, seed_id, problem, prompt, chosen, rejected, gold, rejected_choice, subject, transfer,
 logic_structure, error_type, prompt_version`.
 
@@ -25,64 +25,22 @@ does not move when a sweep varies `n_pairs`, and dev metrics stay comparable acr
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import tempfile
 from collections import defaultdict
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-from distill.data.prompts import ANSWER_PREFIX
-from distill.data.schema import MAX_CHOICES, MCQItem, item_from_dict
+from distill.contracts import PreferencePair, pair_from_dict
 from distill.errors import ConfigError, InputError
 
 REQUIRED_FIELDS = ("id", "prompt", "chosen", "rejected", "gold", "rejected_choice", "subject")
 META_FIELDS = ("seed_id", "transfer", "logic_structure", "error_type", "prompt_version")
 
-_ANSWER_LINE = re.compile(rf"^{re.escape(ANSWER_PREFIX.strip())}\s*(\d+)\s*$")
 _URI = re.compile(r"^(runs|models|mlflow-artifacts|dbfs|s3|gs|wasbs|hdfs|https?):/", re.IGNORECASE)
-
-
-@dataclass(frozen=True)
-class PreferencePair:
-    """One checked preference pair."""
-
-    id: str
-    messages: tuple[dict[str, str], ...]
-    """The prompt as chat messages (a plain-string prompt became one user message)."""
-    chosen: str
-    rejected: str
-    gold: int
-    rejected_choice: int
-    subject: str
-    problem: MCQItem | None = None
-    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
-    """seed_id, transfer, logic_structure, error_type, prompt_version and anything else kept."""
-    row: int = 0
-    """1-based row in the source, for messages."""
-
-    @property
-    def group(self) -> str:
-        """Pairs from one seed problem share a group (dev split never separates them)."""
-        seed = self.meta.get("seed_id")
-        return str(seed) if seed not in (None, "") else self.id
-
-    def to_dict(self) -> dict[str, Any]:
-        row: dict[str, Any] = {
-            "id": self.id,
-            "prompt": [dict(m) for m in self.messages],
-            "chosen": self.chosen,
-            "rejected": self.rejected,
-            "gold": self.gold,
-            "rejected_choice": self.rejected_choice,
-            "subject": self.subject,
-        }
-        if self.problem is not None:
-            row["problem"] = self.problem.to_dict()
-        row.update(self.meta)
-        return row
 
 
 @dataclass(frozen=True)
@@ -99,124 +57,15 @@ class PairSet:
 # ---------------------------------------------------------------- answer lines
 
 
-def answer_line_choice(text: str) -> int | None:
-    """The N of the final non-empty line `정답: N`, or None when the text does not end with one."""
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    if not lines:
-        return None
-    match = _ANSWER_LINE.match(lines[-1].strip())
-    return int(match.group(1)) if match else None
-
-
 def split_reasoning(text: str) -> tuple[str, str]:
     """(reasoning, answer line): everything before the final `정답: N` line, and that line."""
     stripped = text.strip()
     cut = stripped.rfind("\n")
-    reasoning, last = (stripped[:cut], stripped[cut + 1:]) if cut >= 0 else ("", stripped)
+    reasoning, last = (stripped[:cut], stripped[cut + 1 :]) if cut >= 0 else ("", stripped)
     return reasoning.strip(), last.strip()
 
 
 # ---------------------------------------------------------------- validation
-
-
-def _messages(path, row: int, prompt: Any) -> tuple[dict[str, str], ...]:
-    if isinstance(prompt, str):
-        if not prompt.strip():
-            raise InputError(path, "prompt is empty", row, "prompt")
-        return ({"role": "user", "content": prompt},)
-    if not isinstance(prompt, (list, tuple)) or not prompt:
-        raise InputError(path, "prompt must be a non-empty list of chat messages or a string", row, "prompt")
-    messages = []
-    for position, message in enumerate(prompt, start=1):
-        if (
-            not isinstance(message, dict)
-            or not isinstance(message.get("role"), str)
-            or not isinstance(message.get("content"), str)
-        ):
-            raise InputError(path, f"message {position} needs string 'role' and 'content'", row, "prompt")
-        messages.append({"role": message["role"], "content": message["content"]})
-    if not any(m["content"].strip() for m in messages):
-        raise InputError(path, "prompt messages are all empty", row, "prompt")
-    return tuple(messages)
-
-
-def _choice_number(path, row: int, name: str, value: Any, n_choices: int) -> int:
-    if isinstance(value, bool) or value is None:
-        raise InputError(path, f"{name} must be a choice number, got {value!r}", row, name)
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise InputError(path, f"{name} must be a choice number, got {value!r}", row, name) from None
-    if number != value and str(number) != str(value).strip():
-        raise InputError(path, f"{name} must be a whole number, got {value!r}", row, name)
-    if not 1 <= number <= n_choices:
-        raise InputError(path, f"{name} {number} is out of range 1..{n_choices}", row, name)
-    return number
-
-
-def pair_from_dict(path, row: int, data: dict[str, Any]) -> PreferencePair:
-    """Check one raw pair; every fault is an InputError naming file, row and field."""
-    for name in REQUIRED_FIELDS:
-        if name not in data or data[name] is None:
-            raise InputError(path, "missing required field", row, name)
-    pair_id = str(data["id"]).strip()
-    if not pair_id:
-        raise InputError(path, "id is empty", row, "id")
-    messages = _messages(path, row, data["prompt"])
-
-    problem = None
-    if data.get("problem") is not None:
-        if not isinstance(data["problem"], dict):
-            raise InputError(path, "problem must be an MCQ item object", row, "problem")
-        try:
-            problem = item_from_dict(path, row, data["problem"])
-        except InputError as exc:
-            raise InputError(path, f"problem: {exc.message}", row, f"problem.{exc.field}") from None
-    n_choices = problem.n_choices if problem is not None else MAX_CHOICES
-
-    texts = {}
-    for name in ("chosen", "rejected"):
-        value = data[name]
-        if not isinstance(value, str):
-            raise InputError(path, f"{name} must be text, got {type(value).__name__}", row, name)
-        if not value.strip():
-            raise InputError(path, f"{name} is empty", row, name)
-        texts[name] = value
-    if texts["chosen"].strip() == texts["rejected"].strip():
-        raise InputError(path, "chosen and rejected are the same text", row, "rejected")
-
-    gold = _choice_number(path, row, "gold", data["gold"], n_choices)
-    rejected_choice = _choice_number(path, row, "rejected_choice", data["rejected_choice"], n_choices)
-    if gold == rejected_choice:
-        raise InputError(path, f"rejected_choice equals gold ({gold})", row, "rejected_choice")
-    if problem is not None and problem.answer is not None and problem.answer != gold:
-        raise InputError(path, f"gold {gold} differs from problem.answer {problem.answer}", row, "gold")
-    for name, expected in (("chosen", gold), ("rejected", rejected_choice)):
-        found = answer_line_choice(texts[name])
-        if found is None:
-            raise InputError(path, f"{name} must end with the line '{ANSWER_PREFIX}{expected}'", row, name)
-        if found != expected:
-            raise InputError(
-                path, f"{name} ends with '{ANSWER_PREFIX}{found}' but its choice is {expected}", row, name
-            )
-
-    subject = str(data["subject"]).strip()
-    if not subject:
-        raise InputError(path, "subject is empty", row, "subject")
-    known = set(REQUIRED_FIELDS) | {"problem"}
-    meta = {k: v for k, v in data.items() if k not in known}
-    return PreferencePair(
-        id=pair_id,
-        messages=messages,
-        chosen=texts["chosen"],
-        rejected=texts["rejected"],
-        gold=gold,
-        rejected_choice=rejected_choice,
-        subject=subject,
-        problem=problem,
-        meta=meta,
-        row=row,
-    )
 
 
 def validate_pairs(path, rows: Iterable[tuple[int, dict[str, Any]]]) -> list[PreferencePair]:
@@ -240,16 +89,9 @@ def validate_pairs(path, rows: Iterable[tuple[int, dict[str, Any]]]) -> list[Pre
 
 
 def _jsonl_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    rows = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append((lineno, json.loads(line)))
-            except json.JSONDecodeError as exc:
-                raise InputError(path, f"not valid JSON ({exc.msg})", row=lineno) from None
-    return rows
+    from distill.io import iter_jsonl
+
+    return list(iter_jsonl(path))
 
 
 def _is_hf_dataset_dir(path: Path) -> bool:

@@ -7,79 +7,23 @@ active run which versions it used: a tag `prompts`, a `prompts.json` artifact, a
 run-to-prompt link (the prompt's page in the UI then lists the run).
 
 A template is a string, or chat messages (`[{"role": ..., "content": ...}]`) as MLflow's chat
-prompts take them; variables are written `{{name}}`. Template files (distill/resources/prompts)
-mark each message with a line `[system]`, `[user]` or `[assistant]` (`read_chat_template`).
-`fill_chat_template` fills one: a block (text between blank lines) whose variables are all
-empty is left out, so an item without a passage or <보기> box gets no empty heading.
+prompts take them; variables are written `{{name}}`. The stages register the package's template
+files (distill/resources/prompts) with `register_template`: what is registered is
+`Template.registered()`, the very text the one filling engine (distill/llm/templates.py) sends.
+This module is the MLflow edge of prompts; the engine knows nothing of MLflow.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import re
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from distill.llm.templates import Template
 
 PROMPTS_TAG = "prompts"
 PROMPTS_ARTIFACT = "prompts.json"
-
-
-_ROLE_LINE = re.compile(r"^\[(system|user|assistant)\]$")
-_VARIABLE = re.compile(r"\{\{\s*(\w+)\s*\}\}")
-
-
-def parse_chat_template(text: str, source: str = "<template>") -> list[dict[str, str]]:
-    """`[system]` / `[user]` / `[assistant]` lines start messages; the lines below are the content
-    (surrounding blank lines removed)."""
-    from distill.errors import InputError
-
-    messages: list[dict[str, str]] = []
-    lines: list[str] = []
-    role: str | None = None
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        marker = _ROLE_LINE.match(line.strip())
-        if marker:
-            if role is not None:
-                messages.append({"role": role, "content": "\n".join(lines).strip("\n")})
-            role, lines = marker.group(1), []
-        elif role is None:
-            if line.strip():
-                raise InputError(source, "text before the first [system]/[user] line", row=lineno)
-        else:
-            lines.append(line)
-    if role is not None:
-        messages.append({"role": role, "content": "\n".join(lines).strip("\n")})
-    if not messages:
-        raise InputError(source, "no [system]/[user] message in the template")
-    return messages
-
-
-def read_chat_template(path: str | os.PathLike) -> list[dict[str, str]]:
-    with open(path, encoding="utf-8") as fh:
-        return parse_chat_template(fh.read(), str(path))
-
-
-def template_variables(template: str | list[dict[str, str]]) -> set[str]:
-    texts = [template] if isinstance(template, str) else [m["content"] for m in template]
-    return {name for text in texts for name in _VARIABLE.findall(text)}
-
-
-def fill_text(text: str, variables: Mapping[str, Any]) -> str:
-    """Fill `{{name}}`s, leaving out blocks (split on blank lines) whose variables are all empty."""
-    kept = []
-    for block in text.split("\n\n"):
-        names = _VARIABLE.findall(block)
-        missing = [n for n in names if n not in variables]
-        if missing:
-            raise KeyError(f"template variable(s) without a value: {', '.join(sorted(set(missing)))}")
-        if names and all(not str(variables[n]).strip() for n in names):
-            continue
-        kept.append(_VARIABLE.sub(lambda m: str(variables[m.group(1)]), block))
-    return "\n\n".join(kept)
-
-
-def fill_chat_template(template: list[dict[str, str]], variables: Mapping[str, Any]) -> list[dict[str, str]]:
-    return [{"role": m["role"], "content": fill_text(m["content"], variables)} for m in template]
 
 
 def _same_template(a: Any, b: Any) -> bool:
@@ -123,9 +67,17 @@ def ensure_prompt(
     return f"prompts:/{name}/{version.version}"
 
 
+def register_template(name: str, template: Template, *, tags: Mapping[str, str] | None = None) -> str:
+    """`ensure_prompt` for a package template: registers `template.registered()` under `name`,
+    tagged with the file it came from; returns the version's URI."""
+    from distill.llm.templates import template_file
+
+    return ensure_prompt(name, template.registered(), tags={"file": template_file(template.name), **(tags or {})})
+
+
 def prompt_name_of(uri: str) -> str:
     """`prompts:/answer/3` -> `answer`."""
-    body = uri[len("prompts:/"):] if uri.startswith("prompts:/") else uri
+    body = uri[len("prompts:/") :] if uri.startswith("prompts:/") else uri
     return body.split("/")[0].split("@")[0]
 
 

@@ -14,8 +14,9 @@ Subjects come from the trained side's table (`new_df`), so both columns count th
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 REPORT_ARTIFACT_DIR = "report"
 OVERALL = "overall"
@@ -24,18 +25,26 @@ OVERALL = "overall"
 def subject_rows(base_df, new_df) -> list[dict[str, Any]]:
     """One row per subject (sorted) and a last `overall` row: subject, n, base_correct,
     new_correct, delta (new - base correct), base/new accuracy and macro-F1 (micro over items)."""
+    from distill.contracts import choice_label
     from distill.evaluation import check_same_items
     from distill.metrics import accuracy, macro_f1
 
-    check_same_items(list(map(str, base_df["id"])), list(map(str, new_df["id"])), base_name="base predictions", new_name="trained predictions")
-    merged = new_df[["id", "subject", "gold", "pred", "correct"]].astype({"id": str}).merge(
-        base_df[["id", "pred", "correct"]].astype({"id": str}), on="id", suffixes=("", "_base")
+    check_same_items(
+        list(map(str, base_df["id"])),
+        list(map(str, new_df["id"])),
+        base_name="base predictions",
+        new_name="trained predictions",
+    )
+    merged = (
+        new_df[["id", "subject", "gold", "pred", "correct"]]
+        .astype({"id": str})
+        .merge(base_df[["id", "pred", "correct"]].astype({"id": str}), on="id", suffixes=("", "_base"))
     )
 
     def row(name: str, part) -> dict[str, Any]:
         gold = [int(g) for g in part["gold"]]
-        pred_new = [None if p != p else int(p) for p in part["pred"]]
-        pred_base = [None if p != p else int(p) for p in part["pred_base"]]
+        pred_new = [choice_label(p) for p in part["pred"]]  # None, NaN and pd.NA: no answer
+        pred_base = [choice_label(p) for p in part["pred_base"]]
         base_correct = int(part["correct_base"].astype(bool).sum())
         new_correct = int(part["correct"].astype(bool).sum())
         return {
@@ -63,7 +72,9 @@ def _f1(value: float) -> str:
     return "n/a" if value != value else f"{value:.3f}"
 
 
-def paired_test_line(comparison: Mapping[str, float], overall: Mapping[str, Any], *, alpha: float | None = None) -> str:
+def paired_test_line(
+    comparison: Mapping[str, float], overall: Mapping[str, Any], *, alpha: float | None = None
+) -> str:
     """The overall paired test in one sentence."""
     n = int(overall["n"])
     text = (
@@ -114,7 +125,9 @@ def markdown_report(
     return "\n".join(lines) + "\n"
 
 
-def comparison_figure(rows: Sequence[Mapping[str, Any]], *, base_label: str = "base", new_label: str = "trained", title: str = ""):
+def comparison_figure(
+    rows: Sequence[Mapping[str, Any]], *, base_label: str = "base", new_label: str = "trained", title: str = ""
+):
     """Plotly: base vs trained per subject (and overall), accuracy and macro-F1 panels."""
     from distill.charts import comparison_bar_chart
 
@@ -122,10 +135,18 @@ def comparison_figure(rows: Sequence[Mapping[str, Any]], *, base_label: str = "b
     overall = next(r for r in rows if r["subject"] == OVERALL)
 
     def side(row: Mapping[str, Any], prefix: str) -> dict[str, Any]:
-        return {"subject": row["subject"], "n": row["n"], "accuracy": row[f"{prefix}_accuracy"], "macro_f1": row[f"{prefix}_macro_f1"]}
+        return {
+            "subject": row["subject"],
+            "n": row["n"],
+            "accuracy": row[f"{prefix}_accuracy"],
+            "macro_f1": row[f"{prefix}_macro_f1"],
+        }
 
     return comparison_bar_chart(
-        [side(r, "base") for r in subjects], [side(r, "new") for r in subjects], base_label=base_label, new_label=new_label,
+        [side(r, "base") for r in subjects],
+        [side(r, "new") for r in subjects],
+        base_label=base_label,
+        new_label=new_label,
         base_overall={k: v for k, v in side(overall, "base").items() if k != "subject"},
         new_overall={k: v for k, v in side(overall, "new").items() if k != "subject"},
         title=title or f"{base_label} vs {new_label} per subject",
@@ -154,19 +175,35 @@ def write_report(
     folder.mkdir(parents=True, exist_ok=True)
     rows = subject_rows(base_df, new_df)
     paths = {"markdown": folder / "report.md", "chart": folder / "subjects.html", "table": folder / "subjects.csv"}
-    write_text_atomic(paths["markdown"], markdown_report(rows, comparison, base_label=base_label, new_label=new_label, title=title, alpha=alpha, notes=notes))
+    write_text_atomic(
+        paths["markdown"],
+        markdown_report(
+            rows, comparison, base_label=base_label, new_label=new_label, title=title, alpha=alpha, notes=notes
+        ),
+    )
     figure_title = f"{title}: Δ accuracy {100 * comparison['compare/delta_accuracy']:+.1f} points, McNemar p={comparison['compare/mcnemar_p']:.3g}"
-    write_text_atomic(paths["chart"], figure_html(comparison_figure(rows, base_label=base_label, new_label=new_label, title=figure_title)))
+    write_text_atomic(
+        paths["chart"],
+        figure_html(comparison_figure(rows, base_label=base_label, new_label=new_label, title=figure_title)),
+    )
     with atomic_path(paths["table"]) as tmp:
         pd.DataFrame(rows).to_csv(tmp, index=False)
     return paths
 
 
-def log_report(folder: str | Path, base_df, new_df, comparison: Mapping[str, float], *, artifact_dir: str = REPORT_ARTIFACT_DIR, **kwargs: Any) -> dict[str, Path]:
+def log_report(
+    folder: str | Path,
+    base_df,
+    new_df,
+    comparison: Mapping[str, float],
+    *,
+    artifact_dir: str = REPORT_ARTIFACT_DIR,
+    **kwargs: Any,
+) -> dict[str, Path]:
     """`write_report`, then log the files under `artifact_dir` of the active MLflow run."""
-    import mlflow
+    from distill import tracking
 
     paths = write_report(folder, base_df, new_df, comparison, **kwargs)
     for path in paths.values():
-        mlflow.log_artifact(str(path), artifact_dir)
+        tracking.log_artifact(path, artifact_dir)
     return paths

@@ -4,7 +4,7 @@ The score of choice k of an item is log P(label k | prompt), where the prompt is
 prompt (thinking on or off) followed by ANSWER_PREFIX (`정답: `) and the label is the choice
 number as text ("1".."K"). The prediction is the label with the highest score.
 
-Which tokens are scored (the tokenisation trap of DESIGN.md): we never assume that "3" is one
+Which tokens are scored (the tokenisation trap): we never assume that "3" is one
 token or that it tokenises the same way after the prompt as on its own. For every label we
 tokenise `prompt + label` as ONE string and compare it with the tokens of `prompt` alone:
 - usually the prompt's tokens are an exact prefix (the boundary is stable) and the label's tokens
@@ -30,11 +30,12 @@ choice per forward pass, no padding.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
-from distill.data.prompts import ANSWER_PREFIX, apply_chat_template, render_messages
-from distill.data.schema import MCQItem
+from distill.contracts import ANSWER_PREFIX, MCQItem
+from distill.data.prompts import apply_chat_template, render_messages
 
 
 @dataclass(frozen=True)
@@ -110,8 +111,8 @@ def _last_logprobs(model: Any, sequences: list[Sequence[int]], n_keep: int, pad_
     input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
     for row, seq in enumerate(sequences):
-        input_ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
-        attention_mask[row, width - len(seq):] = 1
+        input_ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
+        attention_mask[row, width - len(seq) :] = 1
     # Positions count real tokens only, so a left-padded row sees exactly the positions it
     # would see alone (0, 1, 2, ...).
     position_ids = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)
@@ -172,7 +173,9 @@ def score_choices(
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    tokens = [choice_tokens(tokenizer, scoring_prompt(tokenizer, item, thinking=thinking), item.n_choices) for item in items]
+    tokens = [
+        choice_tokens(tokenizer, scoring_prompt(tokenizer, item, thinking=thinking), item.n_choices) for item in items
+    ]
     scores: list[list[float] | None] = [None] * len(items)
     pad_id = _pad_id(tokenizer)
 
@@ -182,12 +185,14 @@ def score_choices(
     def length_sorted(indices: list[int]) -> list[int]:
         # Longest first: similar lengths share a batch (little padding), and a batch that does
         # not fit in memory fails at once rather than at the end.
-        return sorted(indices, key=lambda i: len(tokens[i].context) + max(map(len, tokens[i].continuations)), reverse=True)
+        return sorted(
+            indices, key=lambda i: len(tokens[i].context) + max(map(len, tokens[i].continuations)), reverse=True
+        )
 
     with _EvalMode(model), tqdm(total=len(items), desc="scoring", unit="item", disable=not progress) as bar:
         fast_sorted = length_sorted(fast)
         for start in range(0, len(fast_sorted), batch_size):
-            batch = fast_sorted[start:start + batch_size]
+            batch = fast_sorted[start : start + batch_size]
             logprobs = _last_logprobs(model, [tokens[i].context for i in batch], 1, pad_id)[:, -1, :]
             for row, i in enumerate(batch):
                 label_ids = [c[0] for c in tokens[i].continuations]
@@ -196,7 +201,7 @@ def score_choices(
 
         general_sorted = length_sorted(general)
         for start in range(0, len(general_sorted), batch_size):
-            batch = general_sorted[start:start + batch_size]
+            batch = general_sorted[start : start + batch_size]
             rows = [(i, k) for i in batch for k in range(len(tokens[i].continuations))]
             sequences = [tokens[i].context + tokens[i].continuations[k] for i, k in rows]
             n_keep = max(len(tokens[i].continuations[k]) for i, k in rows) + 1
@@ -238,9 +243,7 @@ def score_choices_reference(
                 ids = torch.tensor([list(spec.context) + list(continuation)], dtype=torch.long, device=device)
                 logprobs = torch.log_softmax(model(input_ids=ids, use_cache=False).logits.float(), dim=-1)[0]
                 start = len(spec.context)
-                item_scores.append(
-                    sum(float(logprobs[start + j - 1, token]) for j, token in enumerate(continuation))
-                )
+                item_scores.append(sum(float(logprobs[start + j - 1, token]) for j, token in enumerate(continuation)))
             results.append(item_scores)
     return results
 

@@ -18,7 +18,7 @@ distribution as drawing item indices, in O(n_boot) memory instead of O(n_boot * 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def discordant_counts(base_correct: Sequence[bool], new_correct: Sequence[bool]) -> tuple[int, int]:

@@ -25,8 +25,8 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 TINY_QWEN3 = "tiny-qwen3"
 
@@ -146,7 +146,17 @@ def build_key(seed: int = 0) -> str:
 
 def train_tokenizer(lines: list[str]):
     """A byte-level BPE `tokenizers.Tokenizer` trained on `lines` (deterministic)."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        AddedToken,
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
 
     tokenizer = Tokenizer(models.BPE(unk_token=None, byte_fallback=False))
     # NFC so that decomposed Hangul (common in text from macOS) encodes like composed Hangul.

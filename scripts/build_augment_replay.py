@@ -21,8 +21,9 @@ This script
    verification with its authored verifier answer;
 3. replays the gates on them and checks that every candidate ends where the authored file
    says it must (`expect`: accepted, or the gate that refuses it);
-4. writes one JSON line per response, keyed under the backend name "authored", sorted in plan
-   order (blueprints first, then verifications).
+4. writes one JSON line per response in the one recording format (distill/llm/recording.py),
+   keyed under the backend name "recording", in plan order (blueprints first, then
+   verifications); a blueprint row's `note` is the outcome its source expects.
 
 Token counts in the recording are estimates (one token per two characters of prompt or
 answer), since no model produced these texts. Run it after changing a template, the plan,
@@ -44,20 +45,17 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from distill.blueprint.schema import BlueprintOutput  # noqa: E402
-from distill.blueprint.stage import (  # noqa: E402
-    RECORDED_BACKEND,
-    RECORDING_NAME,
-    AugmentConfig,
+from distill.blueprint.candidates import (  # noqa: E402
     apply_dedup,
     apply_verification,
     blueprint_requests,
-    prepare,
     screen,
     verification_requests,
 )
-from distill.llm.base import Response, request_key  # noqa: E402
-from distill.resources import resource_path  # noqa: E402
+from distill.blueprint.schema import BlueprintOutput  # noqa: E402
+from distill.llm.base import Response  # noqa: E402
+from distill.llm.recording import RECORDED_BACKEND, bundled_recording, recording_row, recording_text  # noqa: E402
+from distill.stages.augment import AugmentConfig, prepare, teacher_params, verifier_params  # noqa: E402
 
 SOURCES = REPO / "scripts" / "augment_sources"
 OUTCOMES = ("accepted", "schema", "answers", "form", "decontamination", "verification", "dedup")
@@ -94,7 +92,8 @@ def blueprint_text(authored: dict[str, Any]) -> str:
     step may be `[golden_step, text]`; `chosen_answer_line` defaults to the problem's answer."""
     data = dict(authored)
     data["chosen_steps"] = [
-        {"golden_step": step[0], "text": step[1]} if isinstance(step, list) else step for step in data.get("chosen_steps", [])
+        {"golden_step": step[0], "text": step[1]} if isinstance(step, list) else step
+        for step in data.get("chosen_steps", [])
     ]
     data.setdefault("chosen_answer_line", f"정답: {data['problem']['answer']}")
     output = BlueprintOutput.model_validate(data)  # authored blueprints must at least parse
@@ -109,95 +108,95 @@ def response_for(text: str, prompt: str, model: str, *, schema: bool, finish_rea
         except ValueError:
             parsed = None  # what a backend that cannot enforce the schema would have stored
     return Response(
-        text=text, parsed=parsed, input_tokens=estimate_tokens(prompt), output_tokens=estimate_tokens(text),
-        latency_s=0.0, backend=RECORDED_BACKEND, model=model, finish_reason=finish_reason,
+        text=text,
+        parsed=parsed,
+        input_tokens=estimate_tokens(prompt),
+        output_tokens=estimate_tokens(text),
+        latency_s=0.0,
+        backend=RECORDED_BACKEND,
+        model=model,
+        finish_reason=finish_reason,
     )
 
 
-def recording_row(request, response: Response, model: str, role: str, candidate_id: str) -> dict[str, Any]:
-    key = request_key(RECORDED_BACKEND, model, request)
-    return {
-        "candidate": candidate_id,
-        "role": role,
-        "key": key,
-        "request": {
-            "backend": RECORDED_BACKEND,
-            "model": model,
-            "params": request.params.to_key_dict(),
-            "schema": request.schema.__name__ if request.schema is not None else None,
-            "sample_index": request.sample_index,
-        },
-        # The text is what the teacher answered; `parsed` is left out (the stage reads the text
-        # when a cached response has no parsed form), which halves the file.
-        "response": {k: v for k, v in json.loads(response.to_cache_json()).items() if k != "parsed"},
-    }
-
-
-def build(hard_negatives: str | None) -> tuple[list[dict[str, Any]], list[str]]:
-    """The recording rows, and a line per candidate saying how it ended."""
-    authored_path = SOURCES
-    authored = load_authored(authored_path)
-    cfg = AugmentConfig(hard_negatives=hard_negatives)
-    if authored["teacher"] != cfg.teacher or cfg.verifier != cfg.teacher:
-        raise SystemExit(f"the recording's teacher {authored['teacher']!r} is not the default teacher {cfg.teacher!r}")
-    model = cfg.teacher
-    prepared = prepare(cfg)
-    candidates = prepared.candidates()
-
-    missing = [c.id for c in candidates if c.id not in authored["candidates"]]
-    if missing:
-        raise SystemExit(f"{authored_path}: no authored response for {len(missing)} planned candidates: {', '.join(missing)}")
-    planned = {c.id for c in candidates}
-    unused = sorted(set(authored["candidates"]) - planned)
-
+def teacher_rows(cfg, prepared, candidates, authored: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each candidate's blueprint request paired with its authored response (set on the candidate)."""
     rows: list[dict[str, Any]] = []
-    for candidate, request in zip(candidates, blueprint_requests(prepared, candidates, cfg)):
-        row = authored["candidates"][candidate.id]
+    requests = blueprint_requests(candidates, prepared.templates["blueprint"], teacher_params(cfg))
+    for candidate, request in zip(candidates, requests):
+        row = authored[candidate.id]
         expected = f"{candidate.entry.target.kind} {candidate.entry.target.subject}"
         written = str(row.get("target") or "")
         if written != expected:
             raise SystemExit(f"{candidate.id}: authored for target {written}, but the plan says {expected}")
+        prompt = request.messages[-1]["content"]
         if "blueprint" in row:
-            text = blueprint_text(row["blueprint"])
-            response = response_for(text, request.messages[-1]["content"], model, schema=True)
+            response = response_for(blueprint_text(row["blueprint"]), prompt, cfg.teacher, schema=True)
         else:
-            response = response_for(row["raw_response"], request.messages[-1]["content"], model, schema=True,
-                                    finish_reason=row.get("finish_reason", "STOP"))
+            finish_reason = row.get("finish_reason", "STOP")
+            response = response_for(row["raw_response"], prompt, cfg.teacher, schema=True, finish_reason=finish_reason)
         candidate.response = response
-        rows.append(recording_row(request, response, model, "teacher", candidate.id))
+        note = row.get("expect", "accepted")
+        rows.append(recording_row(request, response, model=cfg.teacher, role="teacher", note=note))
+    return rows
 
-    screen(candidates, prepared.index, cfg)
-    verify_rows = []
-    answers = []
-    for request in verification_requests(prepared, candidates, cfg):
+
+def verifier_rows(cfg, prepared, candidates, authored: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each re-solve of a screened survivor paired with its authored answer; then the last gates run."""
+    rows, answers = [], []
+    template, samples = prepared.templates["verify"], cfg.verify_samples
+    for request in verification_requests(candidates, template, verifier_params(cfg), samples):
         cid = request.label.removeprefix("verify ")
-        text = authored["candidates"][cid].get("verify")
+        text = authored[cid].get("verify")
         if not text:
             raise SystemExit(f"{cid} reaches verification but has no authored verifier answer")
-        response = response_for(text, request.messages[-1]["content"], model, schema=False)
+        response = response_for(text, request.messages[-1]["content"], cfg.verifier, schema=False)
         answers.append(response)
-        verify_rows.append(recording_row(request, response, model, "verifier", cid))
+        rows.append(recording_row(request, response, model=cfg.verifier, role="verifier"))
     alive = [c for c in candidates if c.alive]
     apply_verification(candidates, {c.id: [answers[i]] for i, c in enumerate(alive)})
     apply_dedup(candidates, cfg.dedup_threshold, cfg.ngram)
+    return rows
 
+
+def outcome_report(candidates, authored: dict[str, Any]) -> list[str]:
+    """A line per candidate saying how it ended; exits when one does not end as authored."""
     report, wrong = [], []
     for candidate in candidates:
         outcome = "accepted" if candidate.alive else candidate.refusal.gate
-        expected_outcome = authored["candidates"][candidate.id].get("expect", "accepted")
+        expected_outcome = authored[candidate.id].get("expect", "accepted")
         reason = "" if candidate.alive else f": {candidate.refusal.reason}"
         report.append(f"{candidate.id:<16} {outcome:<16}{reason}")
         if outcome != expected_outcome:
             wrong.append(f"{candidate.id}: expected {expected_outcome}, got {outcome}{reason}")
     if wrong:
         raise SystemExit("candidates that do not end as authored:\n  " + "\n  ".join(wrong))
+    return report
+
+
+def build(hard_negatives: str | None) -> tuple[list[dict[str, Any]], list[str]]:
+    """The recording rows, and a line per candidate saying how it ended."""
+    authored = load_authored(SOURCES)
+    cfg = AugmentConfig(hard_negatives=hard_negatives)
+    if authored["teacher"] != cfg.teacher or cfg.verifier != cfg.teacher:
+        raise SystemExit(f"the recording's teacher {authored['teacher']!r} is not the default teacher {cfg.teacher!r}")
+    prepared = prepare(cfg)
+    candidates = prepared.candidates()
+    written = authored["candidates"]
+    missing = [c.id for c in candidates if c.id not in written]
+    if missing:
+        raise SystemExit(
+            f"{SOURCES}: no authored response for {len(missing)} planned candidates: {', '.join(missing)}"
+        )
+
+    rows = teacher_rows(cfg, prepared, candidates, written)
+    screen(candidates, prepared.index, cfg)
+    rows += verifier_rows(cfg, prepared, candidates, written)
+    report = outcome_report(candidates, written)
+    unused = sorted(set(written) - {c.id for c in candidates})
     if unused:
         report.append(f"(authored but not planned for these hard negatives: {', '.join(unused)})")
-    return rows + verify_rows, report
-
-
-def render(rows: list[dict[str, Any]]) -> str:
-    return "".join(json.dumps(row, ensure_ascii=False, sort_keys=False) + "\n" for row in rows)
+    return rows, report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -207,8 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     rows, report = build(args.hard_negatives)
-    text = render(rows)
-    target = resource_path(RECORDING_NAME)
+    text = recording_text(rows)
+    target = bundled_recording("augment")
     if args.check:
         current = target.read_text(encoding="utf-8") if target.is_file() else ""
         if current != text:

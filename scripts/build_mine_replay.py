@@ -16,15 +16,15 @@ the trap on 2; the student is right on 2 or 3 of 3 samples for 4 seeds (not sele
 3 for 5 and on none for the rest; three student samples are unreadable. Judge responses
 (written here, in Korean) cover the selected seeds that have a second correct reasoning.
 
-Keys are computed with the mine stage's own request builders (MineConfig defaults), so a change
-to the answer prompt, the judge template or a default generation parameter shows up as a stale
-recording (`--check` and tests/integration/test_mine_stage.py).
+Rows are in the one recording format (distill/llm/recording.py; `note` says which text a sample
+got), keyed with the mine stage's own request builders (distill/mining.py, MineConfig defaults),
+so a change to the answer prompt, the judge template or a default generation parameter shows up
+as a stale recording (`--check` and tests/stages/test_mine_stage.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -70,7 +70,9 @@ JUDGE_PREFERS = (
     "풀이 {worse}도 같은 정답에 이르지만 마지막 판단 하나만 적어, 같은 구조의 다른 문제에 옮겨 쓰기 어렵다.\n"
     "판정: {better}"
 )
-JUDGE_TIE = "두 풀이는 같은 근거를 같은 순서로 들어 같은 정답에 이른다. 어느 한쪽이 더 엄밀하다고 할 수 없다.\n판정: TIE"
+JUDGE_TIE = (
+    "두 풀이는 같은 근거를 같은 순서로 들어 같은 정답에 이른다. 어느 한쪽이 더 엄밀하다고 할 수 없다.\n판정: TIE"
+)
 
 
 def golden_short(golden_path: str) -> str:
@@ -108,100 +110,106 @@ def estimated_tokens(text: str) -> int:
     return max(1, len(text) // 2)
 
 
-def recording_row(role: str, item_id: str, sample_index: int, model: str, key: str, source: str, text: str, prompt_chars: int) -> dict:
-    from distill.mining import RECORDING_BACKEND
+def response_for(text: str, prompt_chars: int):
+    """The recorded response for a text the project wrote (token counts estimated, never billed)."""
+    from distill.llm import Response
 
-    return {
-        "item_id": item_id,
-        "role": role,
-        "sample_index": sample_index,
-        "written_as": source,
-        "backend": RECORDING_BACKEND,
-        "model": model,
-        "key": key,
-        "response": {
-            "text": text,
-            "input_tokens": max(1, prompt_chars // 2),
-            "output_tokens": estimated_tokens(text),
-            "latency_s": 0.0,
-            "finish_reason": "STOP",
-        },
-    }
+    return Response(
+        text=text,
+        input_tokens=max(1, prompt_chars // 2),
+        output_tokens=estimated_tokens(text),
+        latency_s=0.0,
+        finish_reason="STOP",
+    )
 
 
-def build_rows() -> list[dict]:
-    from distill.io import read_jsonl
-    from distill.llm import Response, request_key
+def _prompt_chars(request) -> int:
+    return sum(len(m["content"]) for m in request.messages)
+
+
+def judge_text(first, second, swapped: bool) -> str:
+    """The recorded verdict: TIE for two identical reasonings, else the teacher's step-by-step golden path."""
+    if first.reasoning.strip() == second.reasoning.strip():
+        return JUDGE_TIE
+    better = "B" if swapped else "A"
+    return JUDGE_PREFERS.format(better=better, worse="A" if better == "B" else "B")
+
+
+def item_rows(cfg, item, note: dict, judge_template) -> list[dict]:
+    """The recorded teacher and student answers of one seed, and its judge verdict when it gets one."""
+    from distill.llm import Response
+    from distill.llm.recording import recording_row
     from distill.mining import (
-        RECORDING_BACKEND,
-        MineConfig,
         answer_requests,
-        attempt_row,
+        attempt,
         decide,
         generation_params,
         judge_candidates,
         judge_order_swapped,
         judge_request,
-        load_seed_items,
-        prompt_template_path,
     )
-    from distill.prompt_registry import read_chat_template
+
+    teacher_kind, student_kinds = PLAN[item.id]
+    rows: list[dict] = []
+    attempts: dict[str, list] = {"teacher": [], "student": []}
+    for role, model, kinds in (("teacher", cfg.teacher, [teacher_kind]), ("student", cfg.student, student_kinds)):
+        if len(kinds) != (cfg.teacher_samples if role == "teacher" else cfg.student_samples):
+            raise SystemExit(f"{item.id}: PLAN has {len(kinds)} {role} samples")
+        for request, kind in zip(answer_requests([item], role, len(kinds), generation_params(cfg, role)), kinds):
+            text = sample_text(kind, note)
+            rows.append(
+                recording_row(request, response_for(text, _prompt_chars(request)), model=model, role=role, note=kind)
+            )
+            attempts[role].append(attempt(item, role, "replay", model, request, Response(text=text)))
+    decision = decide(item, attempts["teacher"], attempts["student"], cfg.pass_rate_threshold)
+    candidates = judge_candidates(decision, attempts["teacher"], attempts["student"])
+    if candidates is not None:
+        swapped = judge_order_swapped(item.id)
+        first, second = (candidates[1], candidates[0]) if swapped else candidates
+        request = judge_request(item, judge_template, first, second, generation_params(cfg, "judge"))
+        response = response_for(judge_text(first, second, swapped), _prompt_chars(request))
+        rows.append(recording_row(request, response, model=cfg.teacher, role="judge", note="judge"))
+    return rows
+
+
+def build_rows() -> list[dict]:
+    from distill.io import read_jsonl
+    from distill.llm.templates import load_template
     from distill.resources import resource_path
+    from distill.stages.mine import MineConfig, load_seed_items
 
     cfg = MineConfig()
     items = load_seed_items(cfg)
     notes = {row["id"]: row for row in read_jsonl(resource_path("seed_notes.jsonl"))}
     if set(PLAN) != {item.id for item in items}:
         raise SystemExit("PLAN must name every bundled seed exactly once")
-    judge_template = read_chat_template(prompt_template_path("judge"))
-
-    rows: list[dict] = []
-    for item in items:
-        teacher_kind, student_kinds = PLAN[item.id]
-        note = notes[item.id]
-        role_rows: dict[str, list[dict]] = {"teacher": [], "student": []}
-        for role, model, kinds in (("teacher", cfg.teacher, [teacher_kind]), ("student", cfg.student, student_kinds)):
-            if len(kinds) != (cfg.teacher_samples if role == "teacher" else cfg.student_samples):
-                raise SystemExit(f"{item.id}: PLAN has {len(kinds)} {role} samples")
-            for request, kind in zip(answer_requests([item], role, len(kinds), generation_params(cfg, role)), kinds):
-                text = sample_text(kind, note)
-                prompt_chars = sum(len(m["content"]) for m in request.messages)
-                rows.append(recording_row(role, item.id, request.sample_index, model, request_key(RECORDING_BACKEND, model, request), kind, text, prompt_chars))
-                role_rows[role].append(attempt_row(item, role, "replay", model, request, Response(text=text)))
-        decision = decide(item, role_rows["teacher"], role_rows["student"], cfg.pass_rate_threshold)
-        candidates = judge_candidates(decision, role_rows["teacher"], role_rows["student"])
-        if candidates is None:
-            continue
-        swapped = judge_order_swapped(item.id)
-        first, second = (candidates[1], candidates[0]) if swapped else candidates
-        request = judge_request(item, judge_template, first, second, generation_params(cfg, "judge"))
-        if first["reasoning"].strip() == second["reasoning"].strip():
-            text = JUDGE_TIE
-        else:
-            better = "B" if swapped else "A"  # the teacher's step-by-step golden path
-            text = JUDGE_PREFERS.format(better=better, worse="A" if better == "B" else "B")
-        prompt_chars = sum(len(m["content"]) for m in request.messages)
-        rows.append(recording_row("judge", item.id, 0, cfg.teacher, request_key(RECORDING_BACKEND, cfg.teacher, request), "judge", text, prompt_chars))
-    return rows
-
-
-def recording_text(rows: list[dict]) -> str:
-    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    judge_template = load_template("judge")
+    return [row for item in items for row in item_rows(cfg, item, notes[item.id], judge_template)]
 
 
 def hard_negatives_text(recording: Path) -> str:
     """What the default mine run selects from this recording (no MLflow involved)."""
+    from distill.contracts import write_hard_negatives
     from distill.llm import ResponseCache
-    from distill.mining import MineConfig, collect, import_recording, load_seed_items, make_role_backend, read_error_types
+    from distill.llm.recording import import_recording
+    from distill.llm.roles import BackendSettings, role_backend
+    from distill.mining import read_error_types
+    from distill.stages.mine import MineConfig, collect, load_seed_items
 
     cfg = MineConfig()
+    settings = BackendSettings.of(cfg)
     with tempfile.TemporaryDirectory() as tmp:
         cache = ResponseCache(Path(tmp) / "cache.sqlite")
         import_recording(cache, recording)
-        teacher, student = make_role_backend(cfg, "teacher", cache), make_role_backend(cfg, "student", cache)
-        result = collect(cfg, load_seed_items(cfg), teacher, student, error_types=read_error_types(cfg.error_types_path()))
+        teacher = role_backend(cfg.teacher_backend, cfg.teacher, cache=cache, settings=settings)
+        student = role_backend(cfg.student_backend, cfg.student, cache=cache, settings=settings)
+        result = collect(
+            cfg, load_seed_items(cfg), teacher, student, error_types=read_error_types(cfg.error_types_path())
+        )
         cache.close()
-    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in result.hard_negatives)
+        return write_hard_negatives(Path(tmp) / "hard_negatives.jsonl", result.hard_negatives).read_text(
+            encoding="utf-8"
+        )
 
 
 def main() -> int:
@@ -211,13 +219,17 @@ def main() -> int:
     parser.add_argument("--check", action="store_true", help="only check that the bundled files are up to date")
     args = parser.parse_args()
 
+    from distill.llm.recording import recording_text
+
     recording = recording_text(build_rows())
     if args.check:
         stale = []
         if not RECORDING.is_file() or RECORDING.read_text(encoding="utf-8") != recording:
             stale.append(RECORDING)
         else:
-            if not HARD_NEGATIVES.is_file() or HARD_NEGATIVES.read_text(encoding="utf-8") != hard_negatives_text(RECORDING):
+            if not HARD_NEGATIVES.is_file() or HARD_NEGATIVES.read_text(encoding="utf-8") != hard_negatives_text(
+                RECORDING
+            ):
                 stale.append(HARD_NEGATIVES)
         for path in stale:
             print(f"out of date: {path.relative_to(REPO)} (run scripts/build_mine_replay.py)")
@@ -225,8 +237,10 @@ def main() -> int:
     write_text_atomic(RECORDING, recording)
     hard = hard_negatives_text(RECORDING)
     write_text_atomic(HARD_NEGATIVES, hard)
-    print(f"wrote {RECORDING.relative_to(REPO)} ({recording.count(chr(10))} responses) and "
-          f"{HARD_NEGATIVES.relative_to(REPO)} ({hard.count(chr(10))} hard negatives)")
+    print(
+        f"wrote {RECORDING.relative_to(REPO)} ({recording.count(chr(10))} responses) and "
+        f"{HARD_NEGATIVES.relative_to(REPO)} ({hard.count(chr(10))} hard negatives)"
+    )
     return 0
 
 

@@ -72,7 +72,13 @@ def kice_passages(sizes: list[int], prefix: str = "KICE") -> list[dict[str, Any]
         for _ in range(size):
             number += 1
             problems.append(kice_problem(number, answer=(number % 5) + 1))
-        passages.append({"id": f"{prefix}_{index}", "paragraph": f" 지문 {index}. 다음 글을 읽고 물음에 답하시오.", "problems": problems})
+        passages.append(
+            {
+                "id": f"{prefix}_{index}",
+                "paragraph": f" 지문 {index}. 다음 글을 읽고 물음에 답하시오.",
+                "problems": problems,
+            }
+        )
     return passages
 
 

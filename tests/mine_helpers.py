@@ -14,7 +14,7 @@ JUDGE_ANSWER = "풀이 A가 오답 선택지를 배제하는 근거를 더 분�
 
 
 def bundled_seeds():
-    from distill.mining import MineConfig, load_seed_items
+    from distill.stages.mine import MineConfig, load_seed_items
 
     return load_seed_items(MineConfig())
 
@@ -45,12 +45,19 @@ def scripted_teacher(items):
 def live_teacher_config(tmp_path: Path, name: str, **overrides):
     """A MineConfig whose teacher is Gemini (the fake server) and whose student is the bundled
     recording, writing under tmp_path/name."""
-    from distill.mining import MineConfig
+    from distill.stages.mine import MineConfig
 
     values = dict(
-        teacher_backend="gemini", teacher=TEACHER_MODEL, judge="on",
-        cache_path=str(tmp_path / name / "cache.sqlite"), output_dir=str(tmp_path / name / "out"),
-        timeout_s=5.0, max_retries=5, backoff_base_s=0.01, backoff_max_s=0.05, concurrency=4,
+        teacher_backend="gemini",
+        teacher=TEACHER_MODEL,
+        judge="on",
+        cache_path=str(tmp_path / name / "cache.sqlite"),
+        output_dir=str(tmp_path / name / "out"),
+        timeout_s=5.0,
+        max_retries=5,
+        backoff_base_s=0.01,
+        backoff_max_s=0.05,
+        concurrency=4,
     )
     values.update(overrides)
     return MineConfig(**values)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import random
 
-from distill.data.schema import MCQItem
+from distill.contracts import MCQItem
 
 SUBJECTS = ["국어", "한국사", "화법·작문"]
 
@@ -32,7 +32,10 @@ def make_items(n: int = 12, seed: int = 0, *, with_ten: bool = False) -> list[MC
                 paragraph=" ".join(rng.choice(_WORDS) for _ in range(paragraph_len)),
                 question=" ".join(rng.choice(_WORDS) for _ in range(rng.randint(4, 12))) + "?",
                 question_plus="ㄱ. 보기 내용" if index % 5 == 0 else "",
-                choices=tuple(f"{k}번 " + " ".join(rng.choice(_WORDS) for _ in range(rng.randint(1, 6))) for k in range(1, n_choices + 1)),
+                choices=tuple(
+                    f"{k}번 " + " ".join(rng.choice(_WORDS) for _ in range(rng.randint(1, 6)))
+                    for k in range(1, n_choices + 1)
+                ),
                 answer=rng.randint(1, n_choices),
                 subject=SUBJECTS[index % len(SUBJECTS)],
                 source="test",
@@ -56,7 +59,7 @@ def merging_tokenizer():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from distill.data.prompts import ANSWER_PREFIX
+    from distill.contracts import ANSWER_PREFIX
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)

@@ -13,8 +13,8 @@ import json
 import random
 from pathlib import Path
 
+from distill.contracts import MCQItem
 from distill.data.prompts import format_final_answer, render_messages
-from distill.data.schema import MCQItem
 
 FACTS = [
     ("한글을 만든 왕", ["태조", "세종", "정조", "고종"], 2),
@@ -37,7 +37,9 @@ enough that the fact's own words dominate a tiny model's attention average."""
 
 
 def _filler(rng: random.Random) -> str:
-    words = ["".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(2, 3))) for _ in range(rng.randint(*FILLER_WORDS))]
+    words = [
+        "".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(2, 3))) for _ in range(rng.randint(*FILLER_WORDS))
+    ]
     return " ".join(words) + "."
 
 
@@ -93,7 +95,9 @@ def write_jsonl(path: Path, rows) -> Path:
     return path
 
 
-def write_synthetic_task(folder: Path, *, n_train: int, n_heldout: int, seed: int = 0, reasoning: bool = False) -> tuple[Path, Path]:
+def write_synthetic_task(
+    folder: Path, *, n_train: int, n_heldout: int, seed: int = 0, reasoning: bool = False
+) -> tuple[Path, Path]:
     """(pairs file, held-out items file). Train pairs use training wordings; held-out items
     use wordings never trained on."""
     rng = random.Random(seed)

@@ -21,12 +21,12 @@ thousand reference items, and exact (no sketch, no false negatives).
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import numpy as np
 
-from distill.data.schema import MCQItem
+from distill.contracts import MCQItem
 
 DEFAULT_NGRAM = 5
 

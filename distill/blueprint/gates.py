@@ -21,8 +21,9 @@ not take the good one down with it.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from distill.blueprint.decontam import Match
 from distill.blueprint.schema import BlueprintOutput
@@ -38,11 +39,11 @@ class GateResult:
     reason: str = ""
 
     @classmethod
-    def ok(cls, gate: str) -> "GateResult":
+    def ok(cls, gate: str) -> GateResult:
         return cls(gate, True, "")
 
     @classmethod
-    def refuse(cls, gate: str, reason: str) -> "GateResult":
+    def refuse(cls, gate: str, reason: str) -> GateResult:
         return cls(gate, False, reason)
 
 
@@ -181,13 +182,18 @@ def check_form(
         return GateResult.refuse(gate, "chosen and rejected are the same text")
     for name, text in (("chosen", chosen), ("rejected", rejected)):
         if len(text) < min_chars:
-            return GateResult.refuse(gate, f"the {name} reasoning is {len(text)} characters; at least {min_chars} needed")
+            return GateResult.refuse(
+                gate, f"the {name} reasoning is {len(text)} characters; at least {min_chars} needed"
+            )
         if len(text) > max_chars:
-            return GateResult.refuse(gate, f"the {name} reasoning is {len(text)} characters; at most {max_chars} allowed")
+            return GateResult.refuse(
+                gate, f"the {name} reasoning is {len(text)} characters; at most {max_chars} allowed"
+            )
     steps = len(output.chosen_steps)
     if abs(steps - golden_steps) > step_tolerance:
         return GateResult.refuse(
-            gate, f"the chosen reasoning has {steps} steps, the golden path {golden_steps} (tolerance {step_tolerance})"
+            gate,
+            f"the chosen reasoning has {steps} steps, the golden path {golden_steps} (tolerance {step_tolerance})",
         )
     previous = 0
     for position, step in enumerate(output.chosen_steps, start=1):
@@ -197,7 +203,8 @@ def check_form(
             )
         if step.golden_step < previous:
             return GateResult.refuse(
-                gate, f"chosen step {position} maps to golden step {step.golden_step}, before step {previous} (out of order)"
+                gate,
+                f"chosen step {position} maps to golden step {step.golden_step}, before step {previous} (out of order)",
             )
         previous = step.golden_step
     return GateResult.ok(gate)

@@ -19,9 +19,10 @@ earlier candidate's request (and its cached response) unchanged.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from distill.errors import InputError
 

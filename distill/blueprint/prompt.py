@@ -1,23 +1,20 @@
-"""The blueprint and verify requests, built from the template files in distill/resources/prompts.
+"""The blueprint and verify requests, filled from the template files in distill/resources/prompts.
 
-Templates use MLflow's prompt syntax (`{{name}}`), so the text registered in the prompt
-registry is exactly the text filled here. Every request is a single user message: the
-blueprint request carries the response schema (`BlueprintOutput`); the verify request is a
-fresh prompt with the new problem only (no seed, no golden path, no chosen reasoning), and
-its answer is read from the text like any model's answer.
+The templates go through the one filling engine (distill/llm/templates.py), so the text
+registered in the prompt registry is exactly the text filled here. Every request is a single
+user message: the blueprint request carries the response schema (`BlueprintOutput`); the verify
+request is a fresh prompt with the new problem only (no seed, no golden path, no chosen
+reasoning), and its answer is read from the text like any model's answer.
 """
 
 from __future__ import annotations
 
-import hashlib
-import re
-from typing import Mapping
-
 from distill.blueprint.plan import PlanEntry
-from distill.blueprint.schema import BlueprintOutput, HardNegative
-from distill.data.prompts import ANSWER_INSTRUCTION_REASONING, render_user_prompt
-from distill.data.schema import MCQItem
+from distill.blueprint.schema import BlueprintOutput
+from distill.contracts import HardNegative, MCQItem
+from distill.data import prompts as answer_prompt
 from distill.llm.base import GenerationParams, Request
+from distill.llm.templates import Template, load_template
 
 TEMPLATE_NAMES = ("blueprint", "verify")
 
@@ -27,41 +24,17 @@ TRANSFER_KIND_WORDS = {
     "cross-domain": "cross-domain (수능 과목 밖의 다른 분야)",
 }
 
-_PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 
-
-def load_template(name: str) -> str:
-    """The bundled template `name` (blueprint or verify)."""
-    from distill.resources import resource_path
-
-    return resource_path(f"prompts/{name}.txt").read_text(encoding="utf-8")
-
-
-def template_variables(template: str) -> set[str]:
-    return set(_PLACEHOLDER.findall(template))
-
-
-def fill(template: str, values: Mapping[str, object]) -> str:
-    """Replace every `{{name}}`; a variable without a value (or a value nobody asked for) is an error."""
-    wanted = template_variables(template)
-    missing = wanted - set(values)
-    if missing:
-        raise KeyError(f"template variables without a value: {sorted(missing)}")
-    unused = set(values) - wanted
-    if unused:
-        raise KeyError(f"values for variables the template does not have: {sorted(unused)}")
-    return _PLACEHOLDER.sub(lambda m: str(values[m.group(1)]), template)
-
-
-def template_version(template: str) -> str:
-    """A short content hash: what a pair records as `prompt_version` (the same in every store)."""
-    return hashlib.sha256(template.encode("utf-8")).hexdigest()[:12]
+def load_templates() -> dict[str, Template]:
+    """The bundled blueprint and verify templates, by name."""
+    return {name: load_template(name) for name in TEMPLATE_NAMES}
 
 
 def problem_text(item: MCQItem) -> str:
-    """Passage, question, <보기> and numbered choices, without the answer instruction."""
-    text = render_user_prompt(item, reasoning=True)
-    return text.removesuffix(ANSWER_INSTRUCTION_REASONING).rstrip()
+    """Passage, question, <보기> and numbered choices: the answer prompt's user message without
+    its answer instruction."""
+    user = answer_prompt.render_user_prompt(item, reasoning=True)
+    return user.removesuffix(answer_prompt.ANSWER_INSTRUCTION_REASONING).rstrip()
 
 
 def blueprint_values(negative: HardNegative, entry: PlanEntry) -> dict[str, object]:
@@ -85,10 +58,10 @@ def blueprint_values(negative: HardNegative, entry: PlanEntry) -> dict[str, obje
 
 
 def blueprint_request(
-    negative: HardNegative, entry: PlanEntry, template: str, params: GenerationParams
+    negative: HardNegative, entry: PlanEntry, template: Template, params: GenerationParams
 ) -> Request:
     return Request(
-        messages=({"role": "user", "content": fill(template, blueprint_values(negative, entry))},),
+        messages=tuple(template.fill(blueprint_values(negative, entry))),
         params=params,
         schema=BlueprintOutput,
         label=f"blueprint {entry.candidate_id}",
@@ -96,10 +69,10 @@ def blueprint_request(
 
 
 def verify_request(
-    problem: MCQItem, template: str, params: GenerationParams, *, sample_index: int = 0, label: str = ""
+    problem: MCQItem, template: Template, params: GenerationParams, *, sample_index: int = 0, label: str = ""
 ) -> Request:
     return Request(
-        messages=({"role": "user", "content": fill(template, {"problem": render_user_prompt(problem, reasoning=True)})},),
+        messages=tuple(template.fill({"problem": answer_prompt.render_user_prompt(problem, reasoning=True)})),
         params=params,
         sample_index=sample_index,
         label=label or f"verify {problem.id}",

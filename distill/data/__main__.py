@@ -15,7 +15,7 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 
-from distill.cli import build_parser, main_guard
+from distill.cli import main_guard, parse_config
 from distill.errors import ConfigError
 
 COMMANDS = ("convert", "check")
@@ -33,16 +33,17 @@ class CheckConfig:
     )
     subject_map: str | None = field(
         default=None,
-        metadata={"help": "Optional CSV (key,subject) or JSON/YAML object mapping item ids or category "
-                          "labels to subjects; ids win over categories."},
+        metadata={
+            "help": "Optional CSV (key,subject) or JSON/YAML object mapping item ids or category "
+            "labels to subjects; ids win over categories."
+        },
     )
-    require_answer: bool = field(
-        default=False, metadata={"help": "Treat an item without a gold answer as an error."}
-    )
+    require_answer: bool = field(default=False, metadata={"help": "Treat an item without a gold answer as an error."})
     allow_duplicate_choices: bool = field(
         default=False,
-        metadata={"help": "Keep items whose choices repeat a text (flagged in extra.duplicate_choices) "
-                          "instead of failing."},
+        metadata={
+            "help": "Keep items whose choices repeat a text (flagged in extra.duplicate_choices) instead of failing."
+        },
     )
 
 
@@ -107,9 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     if command not in COMMANDS:
         raise ConfigError(f"unknown command {command!r}; use one of {', '.join(COMMANDS)}")
     config_class = ConvertConfig if command == "convert" else CheckConfig
-    parser = build_parser(config_class)
-    parser.prog = f"python -m distill.data {command}"
-    cfg = config_class(**vars(parser.parse_args(argv)))
+    cfg = parse_config(config_class, argv, prog=f"python -m distill data {command}")
     if not cfg.dataset:
         raise ConfigError("pass --dataset PATH")
     if command == "convert" and not cfg.output:

@@ -1,6 +1,6 @@
 """Format loaders: every known MCQ file format into canonical `MCQItem`s, or a clear error.
 
-Formats (DESIGN.md, Data contracts):
+Formats (docs/design.md, "Data flow and contracts"):
 - `competition`: CSV `id, paragraph, problems[, question_plus][, category]`; `problems` is JSON
   or a Python dict literal (`ast.literal_eval`, never `eval`) with `question, choices, answer`
   and maybe `question_plus`. UTF-8 (with or without BOM) or CP949.
@@ -29,28 +29,24 @@ import hashlib
 import io
 import json
 import os
-import re
 import sys
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, NoReturn
+from typing import Any, NoReturn
 
+from distill.contracts import MCQItem
 from distill.data.normalize import normalize_text
-from distill.data.schema import (
-    MCQItem,
-    check_unique_ids,
-    item_from_dict,
-    validate_item_fields,
-)
+from distill.data.schema import check_unique_ids, item_from_dict, validate_item_fields
 from distill.data.subjects import apply_subject_map, exam_year_from_name, kice_layout, kice_subject
 from distill.errors import InputError
-from distill.io import write_jsonl
+from distill.io import UNDECODABLE as _UNDECODABLE
+from distill.io import UTF8_BOM as _UTF8_BOM
+from distill.io import iter_jsonl, write_jsonl
 
 FORMATS: tuple[str, ...] = ("competition", "kice", "kmmlu", "jsonl")
 """The `format` values every entry point accepts (besides `auto`)."""
 
-_UTF8_BOM = b"\xef\xbb\xbf"
-_UNDECODABLE = re.compile("[\udc80-\udcff]")
 _FORMAT_HINT = "pass --format " + "|".join(FORMATS)
 
 
@@ -132,9 +128,7 @@ def load_subject_map(path: str | os.PathLike) -> dict[str, str]:
     elif suffix in (".json", ".yaml", ".yml"):
         mapping = _subject_map_from_object(path, suffix)
     else:
-        raise InputError(
-            path, "subject map must be a .csv (key,subject), .json or .yaml file", field="subject_map"
-        )
+        raise InputError(path, "subject map must be a .csv (key,subject), .json or .yaml file", field="subject_map")
     if not mapping:
         raise InputError(path, "subject map has no entries", row=1, field="key")
     return mapping
@@ -149,8 +143,13 @@ class _Checks:
 def _checked_choices(path: Path, row: int, item_id: str, choices: Any, answer: Any, checks: _Checks):
     """Validated choices and answer, plus the extra flags an allowed duplicate leaves."""
     texts, parsed = validate_item_fields(
-        path, row, item_id, _normalized_choices(choices), answer,
-        require_answer=checks.require_answer, allow_duplicates=checks.allow_duplicates,
+        path,
+        row,
+        item_id,
+        _normalized_choices(choices),
+        answer,
+        require_answer=checks.require_answer,
+        allow_duplicates=checks.allow_duplicates,
     )
     groups = duplicate_choice_groups(texts)
     return texts, parsed, ({"duplicate_choices": groups} if groups else {})
@@ -189,7 +188,8 @@ def _format_from_extension(path: Path) -> str:
     if suffix == ".csv":
         return "csv"  # decided from the header once the file is read
     raise InputError(
-        path, f"cannot tell the format from the extension {suffix or '(none)'!r}; {_FORMAT_HINT}",
+        path,
+        f"cannot tell the format from the extension {suffix or '(none)'!r}; {_FORMAT_HINT}",
         field="format",
     )
 
@@ -214,7 +214,7 @@ def _format_from_header(path: Path, header: list[str]) -> str:
 def decode_text(path: Path, raw: bytes) -> str:
     """UTF-8 (BOM or not) first, strictly; then CP949; else an InputError."""
     if raw.startswith(_UTF8_BOM):
-        raw = raw[len(_UTF8_BOM):]
+        raw = raw[len(_UTF8_BOM) :]
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -284,10 +284,8 @@ def _read_csv(path: Path) -> _Table:
                 columns = _header_columns(path, header)
                 continue
             row = len(records) + 1
-            if len(record) > len(header) and any(cell.strip() for cell in record[len(header):]):
-                raise InputError(
-                    path, f"{len(record)} values but the header has {len(header)} columns", row=row
-                )
+            if len(record) > len(header) and any(cell.strip() for cell in record[len(header) :]):
+                raise InputError(path, f"{len(record)} values but the header has {len(header)} columns", row=row)
             if len(record) < len(header):
                 raise InputError(
                     path,
@@ -355,8 +353,10 @@ def _parse_problems(path: Path, row: int, text: str) -> dict[str, Any]:
             ) from None
     if not isinstance(value, dict):
         raise InputError(
-            path, f"problems must be an object with question/choices/answer, got {type(value).__name__}",
-            row, "problems",
+            path,
+            f"problems must be an object with question/choices/answer, got {type(value).__name__}",
+            row,
+            "problems",
         )
     return value
 
@@ -424,17 +424,19 @@ def _competition_items(path: Path, table: _Table, checks: _Checks):
         }
         extra.update({table.columns[k]: v for k, v in cells.items() if k not in known and v.strip()})
         extra.update(flags)
-        items.append(MCQItem(
-            id=item_id,
-            paragraph=normalize_text(cells["paragraph"]),
-            question=question,
-            choices=choices,
-            answer=answer,
-            question_plus=question_plus,
-            subject=normalize_text(cells.get("category", "")) or "unknown",
-            source=path.name,
-            extra=extra,
-        ))
+        items.append(
+            MCQItem(
+                id=item_id,
+                paragraph=normalize_text(cells["paragraph"]),
+                question=question,
+                choices=choices,
+                answer=answer,
+                question_plus=question_plus,
+                subject=normalize_text(cells.get("category", "")) or "unknown",
+                source=path.name,
+                extra=extra,
+            )
+        )
         rows.append(row)
     return items, rows
 
@@ -452,16 +454,18 @@ def _kmmlu_items(path: Path, table: _Table, checks: _Checks):
         )
         extra = {table.columns[k]: v for k, v in cells.items() if k not in known and v.strip()}
         extra.update(flags)
-        items.append(MCQItem(
-            id=item_id,
-            paragraph="",
-            question=question,
-            choices=choices,
-            answer=answer,
-            subject=normalize_text(cells.get("category", "")) or "unknown",
-            source=path.name,
-            extra=extra,
-        ))
+        items.append(
+            MCQItem(
+                id=item_id,
+                paragraph="",
+                question=question,
+                choices=choices,
+                answer=answer,
+                subject=normalize_text(cells.get("category", "")) or "unknown",
+                source=path.name,
+                extra=extra,
+            )
+        )
         rows.append(row)
     return items, rows
 
@@ -473,13 +477,13 @@ def _decode_json_file(path: Path) -> str:
     """JSON files are UTF-8 (RFC 8259); a BOM is tolerated."""
     raw = path.read_bytes()
     if raw.startswith(_UTF8_BOM):
-        raw = raw[len(_UTF8_BOM):]
+        raw = raw[len(_UTF8_BOM) :]
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise InputError(
-            path, f"not UTF-8: byte 0x{raw[exc.start:exc.start + 1].hex()} cannot be decoded", row=line
+            path, f"not UTF-8: byte 0x{raw[exc.start : exc.start + 1].hex()} cannot be decoded", row=line
         ) from None
 
 
@@ -490,7 +494,9 @@ def _kice_items(path: Path, checks: _Checks, *, rules_required: bool):
     try:
         passages = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise InputError(path, f"not valid JSON ({exc.msg}, line {exc.lineno} column {exc.colno})", row=exc.lineno) from None
+        raise InputError(
+            path, f"not valid JSON ({exc.msg}, line {exc.lineno} column {exc.colno})", row=exc.lineno
+        ) from None
     if not isinstance(passages, list):
         raise InputError(path, f"expected a JSON list of passages, got {type(passages).__name__}", row=1)
     if not passages:
@@ -533,8 +539,7 @@ def _kice_items(path: Path, checks: _Checks, *, rules_required: bool):
             if subject is None and layout is not None:
                 raise InputError(
                     path,
-                    f"question {number} is past the {layout.n_questions} questions of the "
-                    f"{year} exam layout",
+                    f"question {number} is past the {layout.n_questions} questions of the {year} exam layout",
                     number,
                     "problems",
                 )
@@ -549,17 +554,19 @@ def _kice_items(path: Path, checks: _Checks, *, rules_required: bool):
             no_paragraph = bool(problem.get("no_paragraph"))
             if no_paragraph:
                 extra["no_paragraph"] = True
-            items.append(MCQItem(
-                id=item_id,
-                paragraph="" if no_paragraph else paragraph,
-                question=question,
-                choices=choices,
-                answer=answer,
-                question_plus=_text_field(path, number, problem.get("question_plus"), "question_plus"),
-                subject=subject or "unknown",
-                source=path.name,
-                extra=extra,
-            ))
+            items.append(
+                MCQItem(
+                    id=item_id,
+                    paragraph="" if no_paragraph else paragraph,
+                    question=question,
+                    choices=choices,
+                    answer=answer,
+                    question_plus=_text_field(path, number, problem.get("question_plus"), "question_plus"),
+                    subject=subject or "unknown",
+                    source=path.name,
+                    extra=extra,
+                )
+            )
             rows.append(number)
     return items, rows
 
@@ -568,28 +575,8 @@ _CANONICAL_TEXT_FIELDS = ("paragraph", "question", "question_plus", "subject", "
 
 
 def _jsonl_items(path: Path, checks: _Checks):
-    raw = path.read_bytes()
-    if raw.startswith(_UTF8_BOM):
-        raw = raw[len(_UTF8_BOM):]
     items, rows = [], []
-    for lineno, line_bytes in enumerate(raw.split(b"\n"), start=1):
-        if not line_bytes.strip():
-            continue
-        try:
-            line = line_bytes.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise InputError(
-                path,
-                f"not UTF-8: byte 0x{line_bytes[exc.start:exc.start + 1].hex()} cannot be decoded",
-                lineno,
-                _first_field_with_undecodable(line_bytes),
-            ) from None
-        try:
-            data = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(path, f"not valid JSON ({exc.msg}, column {exc.colno})", lineno) from None
-        if not isinstance(data, dict):
-            raise InputError(path, f"each line must be a JSON object, got {type(data).__name__}", lineno)
+    for lineno, data in iter_jsonl(path):
         data = dict(data)
         for name in _CANONICAL_TEXT_FIELDS:
             value = data.get(name)
@@ -612,18 +599,6 @@ def _jsonl_items(path: Path, checks: _Checks):
     if not items:
         raise InputError(path, "the file has no items", row=1)
     return items, rows
-
-
-def _first_field_with_undecodable(line_bytes: bytes) -> str | None:
-    try:
-        data = json.loads(line_bytes.decode("utf-8", errors="surrogateescape"))
-    except json.JSONDecodeError:
-        return None
-    if isinstance(data, dict):
-        for key, value in data.items():
-            if _UNDECODABLE.search(json.dumps(value, ensure_ascii=False)):
-                return str(key)
-    return None
 
 
 # --------------------------------------------------------------------------- subject maps
@@ -651,8 +626,10 @@ def _subject_map_from_csv(path: Path) -> dict[str, str]:
                 header = [cell.strip().lower() for cell in record]
                 if header != ["key", "subject"]:
                     raise InputError(
-                        path, f"subject map header must be 'key,subject', got {','.join(record)!r}",
-                        row=1, field="key",
+                        path,
+                        f"subject map header must be 'key,subject', got {','.join(record)!r}",
+                        row=1,
+                        field="key",
                     )
                 continue
             row += 1
@@ -679,7 +656,8 @@ def _subject_map_from_object(path: Path, suffix: str) -> dict[str, str]:
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             raise InputError(
-                path, f"subject map is not valid YAML ({getattr(exc, 'problem', None) or exc})",
+                path,
+                f"subject map is not valid YAML ({getattr(exc, 'problem', None) or exc})",
                 row=mark.line + 1 if mark is not None else None,
             ) from None
     if not isinstance(data, dict):
@@ -701,7 +679,5 @@ def _add_map_entry(path: Path, mapping: dict[str, str], key: str, subject: str, 
     if not subject:
         raise InputError(path, f"subject for {key!r} is empty", row, "subject")
     if key in mapping and mapping[key] != subject:
-        raise InputError(
-            path, f"key {key!r} is mapped twice ({mapping[key]!r} and {subject!r})", row, "key"
-        )
+        raise InputError(path, f"key {key!r} is mapped twice ({mapping[key]!r} and {subject!r})", row, "key")
     mapping[key] = subject

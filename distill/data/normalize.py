@@ -89,8 +89,7 @@ def _hanyang_translate():
         from hypua2jamo import translate
     except ImportError:  # a declared dependency; say how to fix a broken install
         raise ConfigError(
-            "text contains Hanyang-PUA old Hangul and the package 'hypua2jamo' is missing: "
-            "pip install hypua2jamo"
+            "text contains Hanyang-PUA old Hangul and the package 'hypua2jamo' is missing: pip install hypua2jamo"
         ) from None
     return translate
 

@@ -11,26 +11,46 @@ Qwen3 thinking, decided on purpose:
   predict the empty block and never sees a reasoning block it did not write.
 - thinking on: the generation prompt is left open; a reasoning trace goes inside
   `<think>...</think>` and the answer line follows it.
+
+The prompt's text lives in distill/resources/prompts/answer.txt (and answer_direct.txt, which
+differs only in its last line) and is filled by the one template engine, distill/llm/templates.py:
+what is sent is what mine registers in the prompt registry.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from distill.data.schema import MCQItem
+from distill.contracts import ANSWER_PREFIX, MCQItem
 
-ANSWER_PREFIX = "정답: "
-"""What the final line starts with; the choice number follows it."""
+ANSWER_TEMPLATE = "answer"
+"""distill/resources/prompts/answer.txt: the prompt that asks for reasoning and then the answer
+line. The LLM stages send it (mine, augment's pairs and re-solves, generate-mode evaluation) and
+mine registers it in the prompt registry as `distill-answer`."""
+DIRECT_TEMPLATE = "answer_direct"
+"""distill/resources/prompts/answer_direct.txt: the same prompt asking for the answer line only
+(logit scoring, whose label follows the answer prefix)."""
 
-SYSTEM_PROMPT = (
-    "당신은 대학수학능력시험과 같은 객관식 문제를 푸는 전문가입니다. "
-    "지문과 문제를 꼼꼼히 읽고 단계적으로 추론한 뒤 정답 하나를 고르세요."
-)
+_TEMPLATE_SYSTEM = object()
+"""`render_messages`' default system message: the template's own."""
 
-ANSWER_INSTRUCTION_REASONING = (
-    "풀이 과정을 간결하게 쓴 뒤, 마지막 줄에 '정답: 번호' 형식으로 선택지 번호 하나만 쓰세요."
-)
-ANSWER_INSTRUCTION_DIRECT = "마지막 줄에 '정답: 번호' 형식으로 선택지 번호 하나만 쓰세요."
+
+def answer_template(*, reasoning: bool = True):
+    """The answer prompt's Template (distill/llm/templates.py), as the package's file holds it."""
+    from distill.llm.templates import load_template
+
+    return load_template(ANSWER_TEMPLATE if reasoning else DIRECT_TEMPLATE)
+
+
+def __getattr__(name: str) -> str:
+    """SYSTEM_PROMPT, ANSWER_INSTRUCTION_REASONING and ANSWER_INSTRUCTION_DIRECT, read from the
+    template files (the files are the one home of the prompt's text)."""
+    if name == "SYSTEM_PROMPT":
+        return answer_template().messages[0]["content"]
+    if name in ("ANSWER_INSTRUCTION_REASONING", "ANSWER_INSTRUCTION_DIRECT"):
+        user = answer_template(reasoning=name.endswith("REASONING")).messages[-1]["content"]
+        return user.rsplit("\n\n", 1)[-1]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def format_final_answer(choice: int) -> str:
@@ -38,27 +58,31 @@ def format_final_answer(choice: int) -> str:
     return f"{ANSWER_PREFIX}{int(choice)}"
 
 
+def item_variables(item: MCQItem) -> dict[str, str]:
+    """The answer template's variables for an item: passage, question, <보기>, numbered choices."""
+    return {
+        "paragraph": item.paragraph.strip(),
+        "question": item.question.strip(),
+        "question_plus": item.question_plus.strip(),
+        "choices": "\n".join(f"{label}. {text.strip()}" for label, text in enumerate(item.choices, 1)),
+    }
+
+
+def render_messages(item: MCQItem, *, reasoning: bool = True, system: Any = _TEMPLATE_SYSTEM) -> list[dict[str, str]]:
+    """Chat messages (system + user) for one item, filled from the answer template file.
+
+    `system`: the template's system message by default; another text replaces it, None or ""
+    leaves it out."""
+    messages = answer_template(reasoning=reasoning).fill(item_variables(item))
+    if system is _TEMPLATE_SYSTEM:
+        return messages
+    rest = [m for m in messages if m["role"] != "system"]
+    return ([{"role": "system", "content": system}] if system else []) + rest
+
+
 def render_user_prompt(item: MCQItem, *, reasoning: bool = True) -> str:
-    """Paragraph, question, <보기> (question_plus), numbered choices, the answer instruction."""
-    parts: list[str] = []
-    if item.paragraph.strip():
-        parts.append(f"지문:\n{item.paragraph.strip()}")
-    parts.append(f"질문:\n{item.question.strip()}")
-    if item.question_plus.strip():
-        parts.append(f"<보기>\n{item.question_plus.strip()}")
-    numbered = "\n".join(f"{label}. {text.strip()}" for label, text in enumerate(item.choices, 1))
-    parts.append(f"선택지:\n{numbered}")
-    parts.append(ANSWER_INSTRUCTION_REASONING if reasoning else ANSWER_INSTRUCTION_DIRECT)
-    return "\n\n".join(parts)
-
-
-def render_messages(item: MCQItem, *, reasoning: bool = True, system: str | None = SYSTEM_PROMPT) -> list[dict[str, str]]:
-    """Chat messages (system + user) for one item."""
-    messages: list[dict[str, str]] = []
-    if system:
-        messages.append({"role": "system", "content": system})
-    messages.append({"role": "user", "content": render_user_prompt(item, reasoning=reasoning)})
-    return messages
+    """The user message alone: passage, question, <보기>, numbered choices, the answer instruction."""
+    return render_messages(item, reasoning=reasoning)[-1]["content"]
 
 
 def apply_chat_template(tokenizer: Any, messages: list[dict[str, str]], *, thinking: bool) -> str:

@@ -1,4 +1,4 @@
-"""The canonical multiple-choice item (DESIGN.md, Data contracts).
+"""Checks of the canonical multiple-choice item (docs/design.md, "Contracts"); the item itself is `distill.contracts.MCQItem`.
 
 One JSON object per line: `id, paragraph, question, question_plus, choices, answer, subject,
 source`. Every loader returns these, and every later stage reads only these.
@@ -6,48 +6,13 @@ source`. Every loader returns these, and every later stage reads only these.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from distill.contracts import MCQItem
 from distill.errors import InputError
 
 MIN_CHOICES = 2
 MAX_CHOICES = 10
-
-
-@dataclass(frozen=True)
-class MCQItem:
-    """One multiple-choice question in canonical form."""
-
-    id: str
-    """Unique within its dataset."""
-    paragraph: str
-    """The passage the question is about ("" when there is none)."""
-    question: str
-    """The question stem."""
-    choices: tuple[str, ...]
-    """2..10 non-empty, distinct choice texts, in order; labels are 1..len(choices)."""
-    answer: int | None = None
-    """The gold choice, 1-based, or None when the set carries no gold (e.g. a test split)."""
-    question_plus: str = ""
-    """The <보기> box, when the item has one. Never dropped."""
-    subject: str = "unknown"
-    """Subject used for per-subject metrics."""
-    source: str = ""
-    """Where the item came from (file name or dataset name)."""
-    extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
-    """Anything else a loader kept (e.g. KICE score); not used for scoring."""
-
-    @property
-    def n_choices(self) -> int:
-        return len(self.choices)
-
-    def to_dict(self) -> dict[str, Any]:
-        row = asdict(self)
-        row["choices"] = list(self.choices)
-        if not row["extra"]:
-            row.pop("extra")
-        return row
 
 
 def validate_item_fields(
@@ -77,16 +42,12 @@ def validate_item_fields(
             raise InputError(path, f"choice {position} is empty", row, "choices")
         texts.append(str(choice))
     if not (MIN_CHOICES <= len(texts) <= MAX_CHOICES):
-        raise InputError(
-            path, f"{len(texts)} choices; expected {MIN_CHOICES} to {MAX_CHOICES}", row, "choices"
-        )
+        raise InputError(path, f"{len(texts)} choices; expected {MIN_CHOICES} to {MAX_CHOICES}", row, "choices")
     seen: dict[str, int] = {}
     for position, text in enumerate(texts, start=1):
         key = " ".join(text.split())
         if key in seen and not allow_duplicates:
-            raise InputError(
-                path, f"choices {seen[key]} and {position} are the same text", row, "choices"
-            )
+            raise InputError(path, f"choices {seen[key]} and {position} are the same text", row, "choices")
         seen[key] = position
     parsed_answer = parse_answer(path, row, answer, len(texts))
     if require_answer and parsed_answer is None:
@@ -115,9 +76,7 @@ def parse_answer(path, row: int | None, answer: Any, n_choices: int) -> int | No
     if isinstance(answer, bool) or not isinstance(answer, int):
         raise InputError(path, f"answer {answer!r} is not a number", row, "answer")
     if not (1 <= answer <= n_choices):
-        raise InputError(
-            path, f"answer {answer} is out of range 1..{n_choices}", row, "answer"
-        )
+        raise InputError(path, f"answer {answer} is out of range 1..{n_choices}", row, "answer")
     return answer
 
 
@@ -127,9 +86,7 @@ def check_unique_ids(path, items: list[MCQItem], rows: list[int] | None = None) 
     for index, item in enumerate(items):
         row = rows[index] if rows else index + 1
         if item.id in first_row:
-            raise InputError(
-                path, f"duplicate id {item.id!r} (first seen at row {first_row[item.id]})", row, "id"
-            )
+            raise InputError(path, f"duplicate id {item.id!r} (first seen at row {first_row[item.id]})", row, "id")
         first_row[item.id] = row
 
 

@@ -14,10 +14,10 @@ so they share one subject, "독서·문학", rather than a guess.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Mapping
 
-from distill.data.schema import MCQItem
+from distill.contracts import MCQItem
 
 
 @dataclass(frozen=True)
@@ -44,16 +44,24 @@ class ExamLayout:
 
 
 KICE_LAYOUTS: tuple[ExamLayout, ...] = (
-    ExamLayout(2015, 2021, (
-        QuestionRange(1, 10, "화법과작문"),
-        QuestionRange(11, 15, "문법"),
-        QuestionRange(16, 45, "독서·문학"),
-    )),
-    ExamLayout(2022, None, (
-        QuestionRange(1, 17, "독서"),
-        QuestionRange(18, 34, "문학"),
-        QuestionRange(35, 45, "화법과작문"),
-    )),
+    ExamLayout(
+        2015,
+        2021,
+        (
+            QuestionRange(1, 10, "화법과작문"),
+            QuestionRange(11, 15, "문법"),
+            QuestionRange(16, 45, "독서·문학"),
+        ),
+    ),
+    ExamLayout(
+        2022,
+        None,
+        (
+            QuestionRange(1, 17, "독서"),
+            QuestionRange(18, 34, "문학"),
+            QuestionRange(35, 45, "화법과작문"),
+        ),
+    ),
 )
 
 _YEAR = re.compile(r"(?<!\d)((?:19|20)\d\d)(?!\d)")

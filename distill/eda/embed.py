@@ -16,12 +16,13 @@ depends on which sets are in the run; compare overlap figures only between runs 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 
-from distill.data.schema import MCQItem
+from distill.contracts import MCQItem
 from distill.errors import ConfigError
 
 DEFAULT_EMBEDDER = "tfidf-svd"
@@ -45,8 +46,13 @@ class Embedder(Protocol):
 class TfidfSvdEmbedder:
     """Character n-gram TF-IDF + truncated SVD, L2-normalised (module docstring)."""
 
-    def __init__(self, n_components: int = 96, ngram_range: tuple[int, int] = (2, 4), seed: int = 0,
-                 max_features: int | None = 200_000):
+    def __init__(
+        self,
+        n_components: int = 96,
+        ngram_range: tuple[int, int] = (2, 4),
+        seed: int = 0,
+        max_features: int | None = 200_000,
+    ):
         if n_components < 2:
             raise ConfigError(f"the TF-IDF embedder needs at least 2 SVD components, got {n_components}")
         self.n_components = n_components
@@ -65,8 +71,11 @@ class TfidfSvdEmbedder:
         if len(texts) < 3:
             raise ConfigError(f"need at least 3 texts to fit the TF-IDF embedder, got {len(texts)}")
         vectorizer = TfidfVectorizer(
-            analyzer="char_wb", ngram_range=self.ngram_range, sublinear_tf=True,
-            max_features=self.max_features, dtype=np.float64,
+            analyzer="char_wb",
+            ngram_range=self.ngram_range,
+            sublinear_tf=True,
+            max_features=self.max_features,
+            dtype=np.float64,
         )
         tfidf = vectorizer.fit_transform([text or " " for text in texts])
         # SVD needs fewer components than both rows and columns.
@@ -105,7 +114,7 @@ def truncated_svd(matrix, components: int, *, seed: int = 0) -> tuple[np.ndarray
 
         svd = TruncatedSVD(n_components=components, algorithm="randomized", n_iter=5, random_state=seed)
         reduced = svd.fit_transform(matrix)
-        kept = float((svd.singular_values_ ** 2).sum())
+        kept = float((svd.singular_values_**2).sum())
     return reduced, (kept / total if total > 0 else float("nan"))
 
 
@@ -114,7 +123,9 @@ class SentenceTransformerEmbedder:
 
     def __init__(self, model_path: str, batch_size: int = 32):
         if not Path(model_path).exists():
-            raise ConfigError(f"sentence-transformers model path {model_path!r} does not exist (give a local directory)")
+            raise ConfigError(
+                f"sentence-transformers model path {model_path!r} does not exist (give a local directory)"
+            )
         self.model_path = model_path
         self.batch_size = batch_size
         self.name = f"sentence-transformers({Path(model_path).name})"
@@ -129,7 +140,10 @@ class SentenceTransformerEmbedder:
             ) from None
         model = SentenceTransformer(self.model_path, local_files_only=True)
         vectors = model.encode(
-            list(texts), batch_size=self.batch_size, normalize_embeddings=True, show_progress_bar=True,
+            list(texts),
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            show_progress_bar=True,
             convert_to_numpy=True,
         )
         return np.asarray(vectors, dtype=np.float64)
@@ -141,7 +155,7 @@ def make_embedder(spec: str, *, seed: int = 0, n_components: int = 96) -> Embedd
     if spec == DEFAULT_EMBEDDER:
         return TfidfSvdEmbedder(n_components=n_components, seed=seed)
     if spec.startswith(SENTENCE_TRANSFORMERS_PREFIX):
-        path = spec[len(SENTENCE_TRANSFORMERS_PREFIX):].strip()
+        path = spec[len(SENTENCE_TRANSFORMERS_PREFIX) :].strip()
         if not path:
             raise ConfigError("embedder 'sentence-transformers:' needs a local model path after the colon")
         return SentenceTransformerEmbedder(path)

@@ -16,13 +16,19 @@ training data crowds the evaluation items; well below means the two sets live ap
 
 Ties in distance (exact duplicates) are broken by pool order, training points first: a
 training copy of an evaluation item counts as its neighbour before an evaluation copy does.
+
+`neighbour_overlap` and `overlap_summary` work on arrays; `overlap_table` and `overlap_metrics`
+apply them to the eda stage's points (distill.eda.points) and name the figures it logs.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+from distill.errors import ConfigError
 
 DOMINATED_THRESHOLD = 0.5
 """An evaluation item is dominated when more than this share of its neighbours are training points."""
@@ -104,10 +110,106 @@ def overlap_summary(
     distance = np.asarray(nearest_train_distance, dtype=float)
     if len(share) == 0:
         nan = float("nan")
-        return {"mean_train_neighbour_share": nan, "dominated_share": nan, "median_nearest_train_distance": nan, "n": 0}
+        return {
+            "mean_train_neighbour_share": nan,
+            "dominated_share": nan,
+            "median_nearest_train_distance": nan,
+            "n": 0,
+        }
     return {
         "mean_train_neighbour_share": float(share.mean()),
         "dominated_share": float((share > threshold).mean()),
         "median_nearest_train_distance": float(np.median(distance)),
         "n": int(len(share)),
     }
+
+
+# --------------------------------------------------------------------------------------------
+# Tables and metrics of the eda stage
+
+METRIC_NAMES = (
+    "mean_train_neighbour_share",
+    "dominated_share",
+    "median_nearest_train_distance",
+    "expected_train_share",
+    "n",
+)
+"""Figures logged as `eda/<name>` overall and `eda/<name>/<set>` per evaluation set."""
+
+
+def overlap_table(points, vectors: np.ndarray, k: int):
+    """Per evaluation item: neighbour share, dominated flag, nearest training item and distance.
+
+    `points`: DataFrame (set, role, id, subject, text), one row per row of `vectors`. Each
+    evaluation set is measured against all training points plus its own items (module
+    docstring). Returns (table, per-set summary rows, overall summary pooled over all items).
+    """
+    import pandas as pd
+
+    train_mask = (points["role"] == "train").to_numpy()
+    train_points = points[train_mask].reset_index(drop=True)
+    if len(train_points) == 0:
+        raise ConfigError("eda needs training points: give seeds or pairs (both are 'off')")
+    tables, summaries = [], []
+    for set_name in dict.fromkeys(points.loc[~train_mask, "set"]):
+        mask = ((points["set"] == set_name).to_numpy()) & ~train_mask
+        table, summary = _set_overlap(
+            set_name, points[mask].reset_index(drop=True), vectors[mask], train_points, vectors[train_mask], k
+        )
+        tables.append(table)
+        summaries.append(summary)
+    table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+    if table.empty:
+        raise ConfigError("eda needs at least one evaluation item")
+    overall: dict[str, Any] = overlap_summary(
+        table["train_neighbour_share"].to_numpy(), table["nearest_train_distance"].to_numpy()
+    )
+    weights = np.array([s["n"] for s in summaries], dtype=float)
+    overall["expected_train_share"] = float(
+        np.average([s["expected_train_share"] for s in summaries], weights=weights)
+    )
+    return table, summaries, overall
+
+
+def _set_overlap(set_name: str, part, part_vectors, train_points, train_vectors, k: int):
+    """One evaluation set's rows of the overlap table, and its summary row."""
+    import pandas as pd
+
+    result = neighbour_overlap(part_vectors, train_vectors, k=k)
+    nearest = train_points.iloc[result.nearest_train_index].reset_index(drop=True)
+    table = pd.DataFrame(
+        {
+            "eval_set": set_name,
+            "eval_id": part["id"],
+            "subject": part["subject"],
+            "train_neighbour_share": result.train_share,
+            "dominated": result.train_share > DOMINATED_THRESHOLD,
+            "nearest_train_set": nearest["set"],
+            "nearest_train_id": nearest["id"],
+            "nearest_train_subject": nearest["subject"],
+            "nearest_train_distance": result.nearest_train_distance,
+            "eval_text": [_snippet(t) for t in part["text"]],
+            "nearest_train_text": [_snippet(t) for t in nearest["text"]],
+        }
+    )
+    summary: dict[str, Any] = overlap_summary(result.train_share, result.nearest_train_distance)
+    summary["expected_train_share"] = expected_train_share(len(train_points), len(part))
+    return table, {"eval_set": set_name, "k": result.k, **summary}
+
+
+def overlap_metrics(summaries: list[dict[str, Any]], overall: dict[str, Any]) -> dict[str, float]:
+    """`eda/<figure>` overall and `eda/<figure>/<set>` per evaluation set."""
+    from distill.metrics import subject_keys
+
+    metrics = {f"eda/{name}": float(overall[name]) for name in METRIC_NAMES}
+    keys = subject_keys(s["eval_set"] for s in summaries)
+    for summary in summaries:
+        for name in METRIC_NAMES:
+            metrics[f"eda/{name}/{keys[summary['eval_set']]}"] = float(summary[name])
+    return metrics
+
+
+def _snippet(text: str, limit: int = 200) -> str:
+    """The first `limit` characters on one line, for reading the table (points.parquet has the full texts)."""
+    flat = " ".join(str(text).split())
+    return flat[:limit] + ("…" if len(flat) > limit else "")

@@ -53,8 +53,11 @@ def umap_2d(vectors: np.ndarray, seed: int = 0, n_neighbors: int = UMAP_NEIGHBOU
 
     n = len(vectors)
     reducer = umap.UMAP(
-        n_components=2, n_neighbors=max(2, min(n_neighbors, n - 1)), min_dist=UMAP_MIN_DIST,
-        metric="cosine", random_state=seed,
+        n_components=2,
+        n_neighbors=max(2, min(n_neighbors, n - 1)),
+        min_dist=UMAP_MIN_DIST,
+        metric="cosine",
+        random_state=seed,
     )
     with warnings.catch_warnings():
         # "n_jobs value 1 overridden to 1 by setting random_state": the single thread is wanted.

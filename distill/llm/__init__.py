@@ -1,9 +1,13 @@
 """LLM backends (gemini, openai, local, replay) behind one protocol, with a durable cache.
 
-    from distill.llm import Request, make_backend
-    teacher = make_backend("gemini", "gemini-2.5-flash", cache="outputs/llm_cache.sqlite")
-    responses = teacher.generate([Request.chat("...", temperature=0.0)])
-    teacher.usage.as_dict("teacher/")
+from distill.llm import Request, make_backend
+teacher = make_backend("gemini", "gemini-2.5-flash", cache="outputs/llm_cache.sqlite")
+responses = teacher.generate([Request.chat("...", temperature=0.0)])
+teacher.usage.as_dict("teacher/")
+
+Beside the backends: `roles` (check a stage role's backend and model, build its backend, report
+its usage), `recording` (the one format of recorded responses and its importer) and `templates`
+(the one prompt-filling engine over distill/resources/prompts).
 """
 
 from distill.llm.base import (

@@ -19,8 +19,8 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
-import functools
 import email.utils
+import functools
 import json
 import logging
 import os
@@ -28,8 +28,9 @@ import random
 import threading
 import time
 import weakref
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from distill.errors import DistillError
 
@@ -100,9 +101,7 @@ class Request:
     label: str = ""
 
     def __post_init__(self) -> None:
-        messages = tuple(
-            {"role": str(m["role"]), "content": str(m["content"])} for m in self.messages
-        )
+        messages = tuple({"role": str(m["role"]), "content": str(m["content"])} for m in self.messages)
         if not messages:
             raise ValueError("a request needs at least one message")
         for message in messages:
@@ -124,11 +123,9 @@ class Request:
         sample_index: int = 0,
         label: str = "",
         **params: Any,
-    ) -> "Request":
+    ) -> Request:
         """Shortcut: a system (optional) + user prompt, params as keyword arguments."""
-        messages = ([{"role": "system", "content": system}] if system else []) + [
-            {"role": "user", "content": user}
-        ]
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
         return cls(
             messages=tuple(messages),
             params=GenerationParams(**params),
@@ -218,7 +215,7 @@ class Response:
         return json.dumps(payload, ensure_ascii=False, sort_keys=True)
 
     @classmethod
-    def from_cache_json(cls, text: str, key: str) -> "Response":
+    def from_cache_json(cls, text: str, key: str) -> Response:
         data = json.loads(text)
         return cls(
             text=data.get("text", ""),
@@ -352,9 +349,7 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def backoff_delay(
-    attempt: int, base_s: float, max_s: float, retry_after_s: float | None, rng: random.Random
-) -> float:
+def backoff_delay(attempt: int, base_s: float, max_s: float, retry_after_s: float | None, rng: random.Random) -> float:
     """Exponential backoff with full jitter; never shorter than the server's Retry-After."""
     ceiling = min(max_s, base_s * (2**attempt))
     delay = rng.uniform(0.0, ceiling)
@@ -392,9 +387,7 @@ class Backend(Protocol):
     model: str
     usage: Usage
 
-    async def generate_many(
-        self, requests: Sequence[Request], *, progress: bool = True
-    ) -> list[Response]: ...
+    async def generate_many(self, requests: Sequence[Request], *, progress: bool = True) -> list[Response]: ...
 
     def generate(self, requests: Sequence[Request], *, progress: bool = True) -> list[Response]: ...
 
@@ -574,9 +567,7 @@ class CachedBackend:
             future.cancel()
             raise
 
-    async def generate_many(
-        self, requests: Sequence[Request], *, progress: bool = True
-    ) -> list[Response]:
+    async def generate_many(self, requests: Sequence[Request], *, progress: bool = True) -> list[Response]:
         """Responses in request order; each fetched one is in the cache the moment it arrives."""
         io = self._loop_thread()
         coro = self._generate_many(list(requests), progress)
@@ -608,7 +599,9 @@ class CachedBackend:
         if to_fetch:
             await self._ensure_open()
             bar = _progress_bar(
-                progress, len(requests), f"{self.name}:{self.model}",
+                progress,
+                len(requests),
+                f"{self.name}:{self.model}",
                 initial=len(requests) - sum(map(len, to_fetch.values())),
             )
             semaphore = asyncio.Semaphore(self.concurrency)
@@ -676,12 +669,15 @@ class CachedBackend:
                 response.attempts = attempts
                 return response
             if attempt < policy.max_retries:
-                delay = backoff_delay(
-                    attempt, policy.backoff_base_s, policy.backoff_max_s, retry_after, self._rng
-                )
+                delay = backoff_delay(attempt, policy.backoff_base_s, policy.backoff_max_s, retry_after, self._rng)
                 logger.debug(
                     "%s/%s: retry %d for %s in %.2fs after: %s",
-                    self.name, self.model, attempt + 1, key[:12], delay, last_error,
+                    self.name,
+                    self.model,
+                    attempt + 1,
+                    key[:12],
+                    delay,
+                    last_error,
                 )
                 await asyncio.sleep(delay)
         self.usage.failures += 1
@@ -697,7 +693,7 @@ class CachedBackend:
         )
 
 
-def partition_cached(cache, keys: Sequence[str], usage: "Usage") -> tuple[list["Response | None"], dict[str, list[int]]]:
+def partition_cached(cache, keys: Sequence[str], usage: Usage) -> tuple[list[Response | None], dict[str, list[int]]]:
     """Answers already in the cache, in request order (None where missing), and the requests
     still to fetch as key -> indexes: identical requests in one batch are fetched once."""
     hits = cache.get_many(keys)

@@ -15,8 +15,8 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from distill.llm.base import Response, iter_chunks
 
@@ -67,9 +67,13 @@ class ResponseCache:
             return conn
         if self.readonly:
             uri = f"{self.path.resolve().as_uri()}?mode=ro"
-            conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
+            conn = sqlite3.connect(
+                uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+            )
         else:
-            conn = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
+            conn = sqlite3.connect(
+                str(self.path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+            )
             conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             self._retry_locked(lambda: conn.execute("PRAGMA journal_mode=WAL"))
             # NORMAL in WAL mode: a commit is durable against a process kill (only an OS crash
@@ -104,7 +108,7 @@ class ResponseCache:
                 pass
         self._local = threading.local()
 
-    def __enter__(self) -> "ResponseCache":
+    def __enter__(self) -> ResponseCache:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -113,9 +117,7 @@ class ResponseCache:
     # -- reads ---------------------------------------------------------------------------------
 
     def get(self, key: str) -> Response | None:
-        row = self._connection().execute(
-            "SELECT response FROM responses WHERE key = ?", (key,)
-        ).fetchone()
+        row = self._connection().execute("SELECT response FROM responses WHERE key = ?", (key,)).fetchone()
         return None if row is None else Response.from_cache_json(row[0], key)
 
     def get_many(self, keys: Iterable[str]) -> dict[str, Response]:
@@ -136,9 +138,7 @@ class ResponseCache:
         return None if row is None else row[0]
 
     def __contains__(self, key: str) -> bool:
-        return self._connection().execute(
-            "SELECT 1 FROM responses WHERE key = ?", (key,)
-        ).fetchone() is not None
+        return self._connection().execute("SELECT 1 FROM responses WHERE key = ?", (key,)).fetchone() is not None
 
     def __len__(self) -> int:
         return int(self._connection().execute("SELECT COUNT(*) FROM responses").fetchone()[0])
@@ -191,7 +191,7 @@ class ResponseCache:
         return len(rows)
 
 
-def open_cache(cache: "ResponseCache | str | os.PathLike | None", *, readonly: bool = False) -> ResponseCache:
+def open_cache(cache: ResponseCache | str | os.PathLike | None, *, readonly: bool = False) -> ResponseCache:
     """A ResponseCache from an instance, a path, or None (the default file under DISTILL_HOME)."""
     if isinstance(cache, ResponseCache):
         return cache

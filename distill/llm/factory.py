@@ -62,7 +62,8 @@ def make_backend(
         if isinstance(cache, (str, os.PathLike)) and not os.path.isfile(cache):
             raise ConfigError(f"replay cache {os.fspath(cache)} does not exist")
         return ReplayBackend(
-            model, cache=open_cache(cache, readonly=_readonly_if_unwritable(cache)),
+            model,
+            cache=open_cache(cache, readonly=_readonly_if_unwritable(cache)),
             recorded_by=recorded_by or RECORDING_BACKENDS,
         )
     response_cache = open_cache(cache)
@@ -70,16 +71,29 @@ def make_backend(
         from distill.llm.local import LocalBackend
 
         return LocalBackend(
-            model, cache=response_cache, adapter=adapter, device=device, dtype=dtype,
-            load_in_4bit=load_in_4bit, batch_size=batch_size, loaded=loaded,
+            model,
+            cache=response_cache,
+            adapter=adapter,
+            device=device,
+            dtype=dtype,
+            load_in_4bit=load_in_4bit,
+            batch_size=batch_size,
+            loaded=loaded,
         )
     retry = RetryPolicy(
-        max_retries=max_retries, backoff_base_s=backoff_base_s, backoff_max_s=backoff_max_s,
+        max_retries=max_retries,
+        backoff_base_s=backoff_base_s,
+        backoff_max_s=backoff_max_s,
         timeout_s=timeout_s,
     )
     common: dict[str, Any] = dict(
-        cache=response_cache, concurrency=concurrency, retry=retry, prices=load_prices(prices),
-        api_key=api_key, base_url=base_url, seed=seed,
+        cache=response_cache,
+        concurrency=concurrency,
+        retry=retry,
+        prices=load_prices(prices),
+        api_key=api_key,
+        base_url=base_url,
+        seed=seed,
     )
     if kind == "gemini":
         from distill.llm.gemini import GeminiBackend

@@ -32,13 +32,13 @@ from typing import Any
 
 from distill.llm.base import (
     RETRYABLE_STATUS,
-    logger,
     CachedBackend,
     PermanentError,
     Request,
     Response,
     TransientError,
     join_thinking,
+    logger,
     parse_retry_after,
     parse_schema_output,
 )
@@ -74,8 +74,13 @@ class GeminiBackend(CachedBackend):
             raise ConfigError(f"gemini transport must be one of {TRANSPORTS}, got {transport!r}")
         self._api_key = api_key or os.environ.get("GOOGLE_API_KEY") or os.environ.get("GEMINI_API_KEY")
         super().__init__(
-            model, cache=cache, concurrency=concurrency, retry=retry, prices=prices,
-            api_key=self._api_key, seed=seed,
+            model,
+            cache=cache,
+            concurrency=concurrency,
+            retry=retry,
+            prices=prices,
+            api_key=self._api_key,
+            seed=seed,
         )
         self.base_url = base_url or os.environ.get(BASE_URL_ENV) or None
         self.transport = transport
@@ -94,9 +99,7 @@ class GeminiBackend(CachedBackend):
         if not self._api_key:
             from distill.errors import ConfigError
 
-            raise ConfigError(
-                "the gemini backend needs an API key: set GEMINI_API_KEY (or GOOGLE_API_KEY)"
-            )
+            raise ConfigError("the gemini backend needs an API key: set GEMINI_API_KEY (or GOOGLE_API_KEY)")
         http_options = types.HttpOptions(
             retry_options=types.HttpRetryOptions(attempts=1),
             timeout=int(self.retry.timeout_s * 1000),
@@ -136,9 +139,7 @@ class GeminiBackend(CachedBackend):
             kwargs["response_mime_type"] = "application/json"
             kwargs["response_schema"] = request.schema
         if p.thinking is True:
-            kwargs["thinking_config"] = types.ThinkingConfig(
-                include_thoughts=True, thinking_budget=p.thinking_budget
-            )
+            kwargs["thinking_config"] = types.ThinkingConfig(include_thoughts=True, thinking_budget=p.thinking_budget)
         elif p.thinking is False:
             kwargs["thinking_config"] = types.ThinkingConfig(thinking_budget=0)
         return types.GenerateContentConfig(**{k: v for k, v in kwargs.items() if v is not None})
@@ -172,11 +173,15 @@ class GeminiBackend(CachedBackend):
 
     async def _post_rest(self, request: Request, key: str) -> dict[str, Any]:
         api_client = self._client.aio._api_client
-        model = self.model if "/" in self.model else (
-            f"publishers/google/models/{self.model}" if api_client.vertexai else f"models/{self.model}"
+        model = (
+            self.model
+            if "/" in self.model
+            else (f"publishers/google/models/{self.model}" if api_client.vertexai else f"models/{self.model}")
         )
         reply = await api_client.async_request(
-            "post", f"{model}:generateContent", gemini_rest_body(request),
+            "post",
+            f"{model}:generateContent",
+            gemini_rest_body(request),
             {"headers": {REQUEST_KEY_HEADER: key}},
         )
         return json.loads(reply.body) if reply.body else {}
@@ -309,12 +314,14 @@ def _sdk_to_response(result, request: Request) -> Response:
             raise TransientError("response has no candidates")
         # A blocked prompt is a real, repeatable answer: cache it as an empty text.
         return Response(
-            text="", input_tokens=input_tokens, output_tokens=output_tokens,
+            text="",
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
             finish_reason=f"BLOCKED:{getattr(reason, 'name', reason)}",
         )
     candidate = candidates[0]
     thoughts, answer = [], []
-    for part in (candidate.content.parts if candidate.content and candidate.content.parts else []):
+    for part in candidate.content.parts if candidate.content and candidate.content.parts else []:
         if part.text is None:
             continue
         (thoughts if part.thought else answer).append(part.text)
@@ -343,7 +350,9 @@ def _rest_to_response(data: Any, request: Request) -> Response:
         if reason is None:
             raise TransientError("response has no candidates")
         return Response(
-            text="", input_tokens=input_tokens, output_tokens=output_tokens,
+            text="",
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
             finish_reason=f"BLOCKED:{reason}",
         )
     candidate = candidates[0]

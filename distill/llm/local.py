@@ -19,15 +19,16 @@ import dataclasses
 import json
 import re
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from distill.llm.base import (
     Request,
     Response,
     Usage,
     _progress_bar,
-    partition_cached,
     logger,
+    partition_cached,
     request_key,
     request_record,
     run_sync,
@@ -101,7 +102,9 @@ class LocalBackend:
         for key, indices in to_fetch.items():
             request = requests[indices[0]]
             groups.setdefault((request.params, request.sample_index), []).append(key)
-        bar = _progress_bar(progress, len(requests), f"local:{self.model}", initial=len(requests) - sum(map(len, to_fetch.values())))
+        bar = _progress_bar(
+            progress, len(requests), f"local:{self.model}", initial=len(requests) - sum(map(len, to_fetch.values()))
+        )
         for (params, sample_index), group_keys in groups.items():
             # Similar lengths together waste less padding.
             group_keys.sort(key=lambda k: sum(len(m["content"]) for m in requests[to_fetch[k][0]].messages))
@@ -210,7 +213,11 @@ class LocalBackend:
 
 def _eos_ids(model, tokenizer) -> set[int]:
     ids: set[int] = set()
-    for value in (getattr(model.generation_config, "eos_token_id", None), tokenizer.eos_token_id, tokenizer.pad_token_id):
+    for value in (
+        getattr(model.generation_config, "eos_token_id", None),
+        tokenizer.eos_token_id,
+        tokenizer.pad_token_id,
+    ):
         if value is None:
             continue
         ids.update(value if isinstance(value, (list, tuple)) else [value])

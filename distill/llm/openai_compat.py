@@ -47,8 +47,13 @@ class OpenAIBackend(CachedBackend):
     ):
         self._api_key = api_key or os.environ.get("OPENAI_API_KEY") or None
         super().__init__(
-            model, cache=cache, concurrency=concurrency, retry=retry, prices=prices,
-            api_key=self._api_key, seed=seed,
+            model,
+            cache=cache,
+            concurrency=concurrency,
+            retry=retry,
+            prices=prices,
+            api_key=self._api_key,
+            seed=seed,
         )
         self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
         self.extra_body = dict(extra_body or {})
@@ -65,9 +70,7 @@ class OpenAIBackend(CachedBackend):
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
         limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
-        self._client = httpx.AsyncClient(
-            headers=headers, limits=limits, timeout=httpx.Timeout(self.retry.timeout_s)
-        )
+        self._client = httpx.AsyncClient(headers=headers, limits=limits, timeout=httpx.Timeout(self.retry.timeout_s))
         self._resources.closers.append(self._client.aclose)
 
     def payload(self, request: Request) -> dict[str, Any]:

@@ -45,18 +45,18 @@ class PriceTable:
     _warned: set[str] = field(default_factory=set, repr=False)
 
     @classmethod
-    def default(cls) -> "PriceTable":
+    def default(cls) -> PriceTable:
         return cls()
 
     @classmethod
-    def free(cls) -> "PriceTable":
+    def free(cls) -> PriceTable:
         """Every model costs 0 without warnings (local and replay backends)."""
         table = cls(prices={})
         table._warned = _Everything()
         return table
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike, *, extend_defaults: bool = True) -> "PriceTable":
+    def from_file(cls, path: str | os.PathLike, *, extend_defaults: bool = True) -> PriceTable:
         from distill.errors import InputError
 
         path = Path(path)
@@ -128,7 +128,7 @@ def _parse_entry(path, model: str, entry) -> tuple[float, float]:
     raise InputError(path, "needs {input: USD per 1M, output: USD per 1M}", field=model)
 
 
-def load_prices(spec: "PriceTable | str | os.PathLike | None") -> PriceTable:
+def load_prices(spec: PriceTable | str | os.PathLike | None) -> PriceTable:
     """A PriceTable from an instance, a file path, or None (the built-in table)."""
     if isinstance(spec, PriceTable):
         return spec

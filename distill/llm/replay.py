@@ -9,9 +9,9 @@ ever sent anywhere.
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
-from distill.llm.base import Request, ReplayMissError, Response, Usage, request_key, run_sync
+from distill.llm.base import ReplayMissError, Request, Response, Usage, request_key, run_sync
 from distill.llm.pricing import PriceTable
 
 RECORDING_BACKENDS = ("gemini", "openai", "local")

@@ -29,8 +29,9 @@ import hashlib
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 KEY_HEADER = "x-distill-request-key"
 FAULTS = ("400", "429", "500", "503", "echo_key", "slow", "malformed", "truncated", "disconnect")
@@ -130,7 +131,7 @@ class FakeLLMServer:
     def add_routes(self, app) -> None:
         raise NotImplementedError
 
-    def start(self, port: int = 0) -> "FakeLLMServer":
+    def start(self, port: int = 0) -> FakeLLMServer:
         ready = threading.Event()
         failure: list[BaseException] = []
 
@@ -271,8 +272,12 @@ class FakeLLMServer:
             attempt = self._attempts.get(key, 0) + 1
             self._attempts[key] = attempt
             call = Call(
-                index=len(self.calls), path=request.path, key=key, attempt=attempt,
-                body=body if self.record_bodies else None, headers=dict(request.headers),
+                index=len(self.calls),
+                path=request.path,
+                key=key,
+                attempt=attempt,
+                body=body if self.record_bodies else None,
+                headers=dict(request.headers),
                 started=time.time(),
             )
             self.calls.append(call)
@@ -321,7 +326,8 @@ class FakeLLMServer:
         if fault == "429":
             return web.json_response(
                 error_body(429, "Resource has been exhausted (e.g. check quota)."),
-                status=429, headers={"Retry-After": self.retry_after},
+                status=429,
+                headers={"Retry-After": self.retry_after},
             )
         if fault == "400":
             return web.json_response(error_body(400, "Request contains an invalid argument."), status=400)
@@ -332,7 +338,9 @@ class FakeLLMServer:
             leaked = request.headers.get("x-goog-api-key") or request.headers.get("Authorization", "")
             return web.json_response(error_body(500, f"internal error while handling key {leaked}"), status=500)
         if fault == "malformed":
-            return web.Response(status=200, body=b'{"candidates": [ oops this is not json', content_type="application/json")
+            return web.Response(
+                status=200, body=b'{"candidates": [ oops this is not json', content_type="application/json"
+            )
         if fault == "truncated":
             payload = json.dumps(build_body(body, call.path), ensure_ascii=False).encode("utf-8")
             return web.Response(status=200, body=payload[: len(payload) // 2], content_type="application/json")
@@ -390,7 +398,7 @@ def run_main(server_cls) -> None:
     server.stop()
 
 
-def kill_when_settled(victim, server: "FakeLLMServer", stored_rows: Callable[[], int], *, timeout_s: float = 180) -> int:
+def kill_when_settled(victim, server: FakeLLMServer, stored_rows: Callable[[], int], *, timeout_s: float = 180) -> int:
     """SIGKILL `victim` (a subprocess talking to `server`, which holds calls past a point) at a
     moment when nothing is in flight: every admitted call answered and stored, the rest held.
     Then let the held calls go. Returns the number of rows stored before the kill."""
@@ -401,7 +409,12 @@ def kill_when_settled(victim, server: "FakeLLMServer", stored_rows: Callable[[],
         assert time.time() < deadline, "the stage never reached the hold point"
         assert victim.poll() is None, victim.communicate()[1][-3000:]
         answered = len(server.successes())
-        if server.settled() and answered and stored_rows() == answered and any(c.outcome == "held" for c in server.calls):
+        if (
+            server.settled()
+            and answered
+            and stored_rows() == answered
+            and any(c.outcome == "held" for c in server.calls)
+        ):
             break
         time.sleep(0.05)
     victim.send_signal(signal.SIGKILL)

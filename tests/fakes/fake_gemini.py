@@ -63,7 +63,9 @@ class FakeGeminiServer(FakeLLMServer):
         if self.answer_fn is not None:
             text = self.answer_fn(body)
         elif json_mode:
-            text = json.dumps({"reasoning": f"선택지를 차례로 검토하면 {choice}번이 맞다.", "answer": choice}, ensure_ascii=False)
+            text = json.dumps(
+                {"reasoning": f"선택지를 차례로 검토하면 {choice}번이 맞다.", "answer": choice}, ensure_ascii=False
+            )
         else:
             text = f"선택지를 차례로 검토하였다.\n정답: {choice}"
         parts = []
@@ -83,17 +85,21 @@ class FakeGeminiServer(FakeLLMServer):
         if thought_tokens:
             usage["thoughtsTokenCount"] = thought_tokens
         return {
-            "candidates": [
-                {"content": {"role": "model", "parts": parts}, "finishReason": "STOP", "index": 0}
-            ],
+            "candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": "STOP", "index": 0}],
             "usageMetadata": usage,
             "modelVersion": path.rsplit("/", 1)[-1].split(":")[0],
         }
 
 
 def _error(code: int, message: str) -> dict[str, Any]:
-    status = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 404: "NOT_FOUND", 429: "RESOURCE_EXHAUSTED",
-              500: "INTERNAL", 503: "UNAVAILABLE"}.get(code, "UNKNOWN")
+    status = {
+        400: "INVALID_ARGUMENT",
+        401: "UNAUTHENTICATED",
+        404: "NOT_FOUND",
+        429: "RESOURCE_EXHAUSTED",
+        500: "INTERNAL",
+        503: "UNAVAILABLE",
+    }.get(code, "UNKNOWN")
     return {"error": {"code": code, "message": message, "status": status}}
 
 

@@ -44,7 +44,9 @@ class FakeOpenAIServer(FakeLLMServer):
         if self.answer_fn is not None:
             content = self.answer_fn(body)
         elif wants_json:
-            content = json.dumps({"reasoning": f"{choice}번이 조건을 모두 만족한다.", "answer": choice}, ensure_ascii=False)
+            content = json.dumps(
+                {"reasoning": f"{choice}번이 조건을 모두 만족한다.", "answer": choice}, ensure_ascii=False
+            )
         else:
             content = f"각 선택지를 검토했다.\n정답: {choice}"
         message: dict[str, Any] = {"role": "assistant", "content": content}
@@ -70,7 +72,9 @@ class FakeOpenAIServer(FakeLLMServer):
 
 
 def _error(code: int, message: str) -> dict[str, Any]:
-    return {"error": {"message": message, "type": "server_error" if code >= 500 else "invalid_request_error", "code": code}}
+    return {
+        "error": {"message": message, "type": "server_error" if code >= 500 else "invalid_request_error", "code": code}
+    }
 
 
 if __name__ == "__main__":

@@ -17,8 +17,8 @@ import pytest
 
 from distill.blueprint import gates
 from distill.blueprint.decontam import build_reference_index, item_text
-from distill.blueprint.stage import AugmentConfig, load_reference_items
-from distill.data.schema import MCQItem
+from distill.contracts import MCQItem
+from distill.stages.augment import AugmentConfig, load_reference_items
 
 THRESHOLD = AugmentConfig().decontam_threshold
 
@@ -44,8 +44,12 @@ def lightly_edited(item: MCQItem) -> MCQItem:
     longest = max(range(len(words)), key=lambda k: len(words[k]))
     words[longest] = "대체어"
     return dataclasses.replace(
-        item, id=f"edited-{item.id}", paragraph=respace(" ".join(words)), question=respace(item.question),
-        question_plus=respace(item.question_plus), choices=tuple(respace(c) + " " for c in item.choices),
+        item,
+        id=f"edited-{item.id}",
+        paragraph=respace(" ".join(words)),
+        question=respace(item.question),
+        question_plus=respace(item.question_plus),
+        choices=tuple(respace(c) + " " for c in item.choices),
     )
 
 

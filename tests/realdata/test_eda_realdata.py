@@ -17,7 +17,7 @@ import random
 import numpy as np
 import pytest
 
-from distill.eda.stage import EdaConfig, run
+from distill.stages.eda import EdaConfig, run
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +37,10 @@ def lightly_edited(item, rng: random.Random, copy: int):
     i, j = rng.sample(range(len(choices)), 2)
     choices[i], choices[j] = choices[j], choices[i]
     return dataclasses.replace(
-        item, id=f"copy{copy}-{item.id}", paragraph=drop_words(item.paragraph), question=drop_words(item.question),
+        item,
+        id=f"copy{copy}-{item.id}",
+        paragraph=drop_words(item.paragraph),
+        question=drop_words(item.question),
         choices=tuple(choices),
     )
 
@@ -53,8 +56,14 @@ def test_eda_run_logs_map_overlap_tables_and_metrics(shared_data, mlflow_store, 
     assert client.get_experiment(logged.info.experiment_id).name == "distill-eda"
     assert logged.data.tags["eda.projection"] == "umap"  # 24 seeds + 68 pairs + 90 items: enough for UMAP
     names = {a.path for a in client.list_artifacts(out.run_id, "eda")}
-    assert {"eda/map.html", "eda/overlap.html", "eda/overlap.json", "eda/overlap.parquet", "eda/points.parquet",
-            "eda/summary.txt"} <= names
+    assert {
+        "eda/map.html",
+        "eda/overlap.html",
+        "eda/overlap.json",
+        "eda/overlap.parquet",
+        "eda/points.parquet",
+        "eda/summary.txt",
+    } <= names
 
     table = mlflow.load_table("eda/overlap.json", run_ids=[out.run_id])
     assert len(table) == 90 and set(table["eval_set"]) == {"2018_11_KICE", "2019_11_KICE"}
@@ -68,7 +77,11 @@ def test_eda_run_logs_map_overlap_tables_and_metrics(shared_data, mlflow_store, 
     assert metrics["eda/n/2019_11_KICE"] == 45
     # The overall figure pools the items of both sets.
     assert metrics["eda/mean_train_neighbour_share"] == pytest.approx(
-        (metrics["eda/mean_train_neighbour_share/2018_11_KICE"] + metrics["eda/mean_train_neighbour_share/2019_11_KICE"]) / 2
+        (
+            metrics["eda/mean_train_neighbour_share/2018_11_KICE"]
+            + metrics["eda/mean_train_neighbour_share/2019_11_KICE"]
+        )
+        / 2
     )
 
     page = client.download_artifacts(out.run_id, "eda/map.html", str(tmp_path / "dl"))
@@ -82,11 +95,15 @@ def test_eda_run_logs_map_overlap_tables_and_metrics(shared_data, mlflow_store, 
 
 
 def _contamination_run(shared_data, tmp_path, seeds_path: str, seeds_format: str):
-    return run(EdaConfig(
-        seeds=seeds_path, seeds_format=seeds_format,
-        eval_sets=[f"{shared_data / 'kice' / '2019_11_KICE.json'}:kice"],
-        projection="pca", output_dir=str(tmp_path / "eda"),
-    ))
+    return run(
+        EdaConfig(
+            seeds=seeds_path,
+            seeds_format=seeds_format,
+            eval_sets=[f"{shared_data / 'kice' / '2019_11_KICE.json'}:kice"],
+            projection="pca",
+            output_dir=str(tmp_path / "eda"),
+        )
+    )
 
 
 def test_copies_of_eval_items_show_high_overlap_and_another_exam_low(shared_data, mlflow_store, tmp_path):
@@ -99,7 +116,9 @@ def test_copies_of_eval_items_show_high_overlap_and_another_exam_low(shared_data
     copies_path = write_items_jsonl(tmp_path / "copies.jsonl", copies)
 
     contaminated = _contamination_run(shared_data, tmp_path, str(copies_path), "jsonl").metrics
-    disjoint = _contamination_run(shared_data, tmp_path, str(shared_data / "kice" / "2015_11_KICE.json"), "kice").metrics
+    disjoint = _contamination_run(
+        shared_data, tmp_path, str(shared_data / "kice" / "2015_11_KICE.json"), "kice"
+    ).metrics
 
     assert contaminated["eda/dominated_share"] >= 0.9
     assert contaminated["eda/mean_train_neighbour_share"] >= 0.65

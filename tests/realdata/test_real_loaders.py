@@ -59,8 +59,11 @@ def test_each_real_file_has_exactly_one_duplicate_choice_item(shared_data, train
         with pytest.raises(InputError) as info:
             load_items(shared_data / name)
         assert (info.value.row, info.value.field) == (row, "choices")
-        flagged = [(index + 1, item.extra["duplicate_choices"]) for index, item in enumerate(items)
-                   if "duplicate_choices" in item.extra]
+        flagged = [
+            (index + 1, item.extra["duplicate_choices"])
+            for index, item in enumerate(items)
+            if "duplicate_choices" in item.extra
+        ]
         assert flagged == [(row, [[2, 4]])]
 
 

@@ -1,25 +1,25 @@
-"""Error analysis on small hand-made prediction tables (expected figures counted by hand)."""
+"""Error analysis on small hand-made prediction tables (expected figures counted by hand).
+
+The `analyze` stage that finds these tables in logged runs is tested in tests/stages/test_analyze.py."""
 
 from __future__ import annotations
 
 import pandas as pd
 import pytest
 
+from distill.contracts import normalise_predictions
 from distill.error_analysis import (
     NONE_LABEL,
     OVERALL,
-    AnalyzeConfig,
     analyse,
     confusion_matrices,
     confusion_matrix,
     error_metrics,
     item_changes,
     log_error_analysis,
-    normalise_predictions,
     position_bias,
     position_bias_test,
-    run,
-    split_base_and_main,
+    summary_text,
 )
 from distill.errors import ConfigError, InputError
 
@@ -30,30 +30,42 @@ def table(rows, **extra_columns):
     for row in rows:
         item_id, subject, gold, pred, *rest = row
         n_choices = rest[0] if rest else 4
-        records.append({"id": item_id, "subject": subject, "gold": gold, "pred": pred, "n_choices": n_choices,
-                        "correct": pred == gold})
+        records.append(
+            {
+                "id": item_id,
+                "subject": subject,
+                "gold": gold,
+                "pred": pred,
+                "n_choices": n_choices,
+                "correct": pred == gold,
+            }
+        )
     frame = pd.DataFrame(records)
     for name, values in extra_columns.items():
         frame[name] = values
     return frame
 
 
-BASE = table([
-    ("q1", "문법", 1, 1),
-    ("q2", "문법", 2, 1),
-    ("q3", "문법", 3, None),
-    ("q4", "독서", 4, 4),
-    ("q5", "독서", 1, 2),
-    ("q6", "독서", 2, 2),
-])
-NEW = table([
-    ("q1", "문법", 1, 2),      # broken
-    ("q2", "문법", 2, 2),      # fixed
-    ("q3", "문법", 3, 3),      # fixed (was unparsed)
-    ("q4", "독서", 4, 4),      # same, right
-    ("q5", "독서", 1, None),   # same, wrong
-    ("q6", "독서", 2, 2),      # same, right
-])
+BASE = table(
+    [
+        ("q1", "문법", 1, 1),
+        ("q2", "문법", 2, 1),
+        ("q3", "문법", 3, None),
+        ("q4", "독서", 4, 4),
+        ("q5", "독서", 1, 2),
+        ("q6", "독서", 2, 2),
+    ]
+)
+NEW = table(
+    [
+        ("q1", "문법", 1, 2),  # broken
+        ("q2", "문법", 2, 2),  # fixed
+        ("q3", "문법", 3, 3),  # fixed (was unparsed)
+        ("q4", "독서", 4, 4),  # same, right
+        ("q5", "독서", 1, None),  # same, wrong
+        ("q6", "독서", 2, 2),  # same, right
+    ]
+)
 
 
 def test_confusion_matrix_counts_gold_by_pred_with_none_column():
@@ -175,12 +187,12 @@ def test_error_metrics_names_and_counts():
     assert metrics["errors/trained/max_position_excess"] == pytest.approx(1 / 6)
 
 
-def test_split_base_and_main():
-    assert split_base_and_main(["evaluation/predictions.parquet"]) == (None, "evaluation/predictions.parquet")
-    # the train stage's layout: the adapter under evaluation/, the base model under evaluation_base/
-    assert split_base_and_main(["evaluation/predictions.parquet", "evaluation_base/predictions.parquet"]) == (
-        "evaluation_base/predictions.parquet", "evaluation/predictions.parquet")
-    assert split_base_and_main(["a/predictions.parquet", "b/predictions.parquet"]) == (None, None)
+def test_summary_text_names_accuracy_changes_and_frequent_errors():
+    text = summary_text(analyse(BASE, NEW, new_label="trained"))
+    assert "base: 6 items, accuracy 0.500, 1 unparsed" in text
+    assert "trained: 6 items, accuracy 0.667, 1 unparsed" in text
+    assert "paired items 6: fixed 2, broken 1, net +1" in text
+    assert "gold 3→none: 1" in text
 
 
 def test_log_error_analysis_needs_an_active_run(mlflow_store):
@@ -193,14 +205,25 @@ def test_log_error_analysis_logs_tables_chart_and_metrics(mlflow_store, tmp_path
 
     _fresh_experiment()
     with mlflow.start_run() as active:
-        log_error_analysis(BASE.assign(reasoning=["r"] * 6), NEW.assign(reasoning=["s"] * 6), new_label="trained",
-                           local_dir=tmp_path / "errors")
+        log_error_analysis(
+            BASE.assign(reasoning=["r"] * 6),
+            NEW.assign(reasoning=["s"] * 6),
+            new_label="trained",
+            local_dir=tmp_path / "errors",
+        )
     run_id = active.info.run_id
     client = mlflow.MlflowClient()
     names = {a.path for a in client.list_artifacts(run_id, "errors")}
-    assert {"errors/confusion.json", "errors/position_bias.json", "errors/fixed.json", "errors/broken.json",
-            "errors/changes_by_subject.json", "errors/error_analysis.html", "errors/fixed.parquet",
-            "errors/broken.parquet"} <= names
+    assert {
+        "errors/confusion.json",
+        "errors/position_bias.json",
+        "errors/fixed.json",
+        "errors/broken.json",
+        "errors/changes_by_subject.json",
+        "errors/error_analysis.html",
+        "errors/fixed.parquet",
+        "errors/broken.parquet",
+    } <= names
     # load_table reads the label "3" back as a number: compare as text
     confusion = mlflow.load_table("errors/confusion.json", run_ids=[run_id]).astype({"gold": str, "pred": str})
     base_grammar = confusion[(confusion["model"] == "base") & (confusion["subject"] == "문법")]
@@ -220,75 +243,3 @@ def _fresh_experiment():
     import mlflow
 
     mlflow.set_experiment("error-analysis-test")
-
-
-def _evaluate_like_run(df, artifact_dir="evaluation"):
-    """A run that logged predictions exactly as the evaluate stage does."""
-    import mlflow
-
-    _fresh_experiment()
-    from distill.evaluation import log_eval_result, result_from_predictions
-
-    with mlflow.start_run() as active:
-        log_eval_result(result_from_predictions(df), artifact_dir=artifact_dir)
-    return active.info.run_id
-
-
-def _always_parsed(frame):
-    """Logit scoring always answers: a parse failure becomes choice 1."""
-    return frame.assign(pred=frame["pred"].fillna(1).astype(int), correct=frame["gold"] == frame["pred"].fillna(1))
-
-
-# With failures read as 1: base is right on q1 q4 q6; new on q2 q3 q4 q5 q6.
-FIXED_IF_PARSED = ["q2", "q3", "q5"]
-BROKEN_IF_PARSED = ["q1"]
-
-
-def test_analyze_against_a_baseline_run_logs_a_new_run(mlflow_store, capsys):
-    import mlflow
-
-    base_run = _evaluate_like_run(_always_parsed(BASE))
-    new_run = _evaluate_like_run(_always_parsed(NEW))
-    out = run(AnalyzeConfig(run_id=new_run, baseline_run=base_run))
-    assert out.run_id not in (base_run, new_run)
-    assert out.analysis.changes.fixed["id"].tolist() == FIXED_IF_PARSED
-    assert out.analysis.changes.broken["id"].tolist() == BROKEN_IF_PARSED
-    logged = mlflow.MlflowClient().get_run(out.run_id)
-    assert logged.data.metrics["errors/n_fixed"] == 3 and logged.data.metrics["errors/n_broken"] == 1
-    assert logged.data.tags["analyze.baseline_run"] == base_run and logged.data.tags["distill.stage"] == "analyze"
-    assert "fixed 3, broken 1" in capsys.readouterr().out
-
-
-def test_analyze_a_train_like_run_with_base_predictions_inside_logs_into_it(mlflow_store):
-    import mlflow
-
-    from distill.evaluation import log_eval_result, result_from_predictions
-
-    _fresh_experiment()
-    with mlflow.start_run() as active:
-        log_eval_result(result_from_predictions(_always_parsed(NEW)))
-        log_eval_result(result_from_predictions(_always_parsed(BASE)), prefix="base", artifact_dir="evaluation_base")
-    out = run(AnalyzeConfig(run_id=active.info.run_id, log_to_run=True))
-    assert out.run_id == active.info.run_id
-    assert [m.label.split(" ")[0] for m in out.analysis.models] == ["base", "trained"]
-    assert out.analysis.changes.fixed["id"].tolist() == FIXED_IF_PARSED
-    names = {a.path for a in mlflow.MlflowClient().list_artifacts(active.info.run_id, "errors")}
-    assert "errors/error_analysis.html" in names
-
-
-def test_analyze_a_single_evaluate_run_has_no_fixed_or_broken(mlflow_store):
-    out = run(AnalyzeConfig(run_id=_evaluate_like_run(_always_parsed(BASE))))
-    assert out.analysis.changes is None and len(out.analysis.models) == 1
-    assert out.analysis.models[0].matrices[OVERALL].loc["3", "1"] == 1
-
-
-def test_analyze_names_what_is_missing(mlflow_store):
-    import mlflow
-
-    with pytest.raises(ConfigError, match="not a run"):
-        run(AnalyzeConfig(run_id="0" * 32))
-    _fresh_experiment()
-    with mlflow.start_run() as empty:
-        pass
-    with pytest.raises(ConfigError, match="predictions_artifact"):
-        run(AnalyzeConfig(run_id=empty.info.run_id))

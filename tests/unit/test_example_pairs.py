@@ -13,17 +13,39 @@ from collections import Counter
 
 import pytest
 
-from distill.data.prompts import ANSWER_PREFIX, format_final_answer, render_messages
+from distill.contracts import ANSWER_PREFIX
+from distill.data.prompts import format_final_answer, render_messages
 from distill.data.schema import item_from_dict
 from distill.resources import resource_path
 
 PAIR_FIELDS = {
-    "id", "seed_id", "problem", "prompt", "chosen", "rejected", "gold", "rejected_choice",
-    "subject", "transfer", "logic_structure", "error_type", "prompt_version",
+    "id",
+    "seed_id",
+    "problem",
+    "prompt",
+    "chosen",
+    "rejected",
+    "gold",
+    "rejected_choice",
+    "subject",
+    "transfer",
+    "logic_structure",
+    "error_type",
+    "prompt_version",
 }
 PROBLEM_FIELDS = {"id", "paragraph", "question", "question_plus", "choices", "answer", "subject", "source"}
 TRANSFERS = {"intra-subject", "cross-subject", "cross-domain"}
-STRING_FIELDS = ("id", "seed_id", "chosen", "rejected", "subject", "transfer", "logic_structure", "error_type", "prompt_version")
+STRING_FIELDS = (
+    "id",
+    "seed_id",
+    "chosen",
+    "rejected",
+    "subject",
+    "transfer",
+    "logic_structure",
+    "error_type",
+    "prompt_version",
+)
 STEP_LINE = re.compile(r"^\d\. \S")
 
 # Size limits keep CPU training on tiny-qwen3 quick (the brief asks ~400 / ~350 characters).
@@ -168,9 +190,7 @@ def test_case_study_explicit_priority_buffett_to_adam_smith(pairs):
     matches = [p for p in pairs if p["seed_id"] == "case-buffett" and "애덤 스미스" in p["problem"]["paragraph"]]
     assert matches, "the Buffett → Adam Smith case study is missing"
     # The student's error: the famous keyword wins over the priority the text states.
-    keyword_traps = [
-        p for p in matches if "보이지 않는 손" in p["problem"]["choices"][p["rejected_choice"] - 1]
-    ]
+    keyword_traps = [p for p in matches if "보이지 않는 손" in p["problem"]["choices"][p["rejected_choice"] - 1]]
     assert keyword_traps
     pair = keyword_traps[0]
     assert "보이지 않는 손" not in pair["problem"]["choices"][pair["gold"] - 1]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from distill.generation_eval import (
-    PREDICTION_COLUMNS,
+    GENERATE_COLUMNS,
     generate_predictions,
     generation_requests,
     parse_failure_rate,
@@ -38,9 +38,18 @@ def test_tiny_model_frame_is_well_formed_and_scripted_answer_parses(items, tmp_p
         key = LocalBackend("tiny-qwen3", cache=cache).key(requests[0])
         cache.put(key, Response(text=scripted, backend="local", model="tiny-qwen3"))
 
-    frame = generate_predictions("tiny-qwen3", items, max_new_tokens=MAX_NEW_TOKENS, batch_size=N_ITEMS, seed=0, cache_path=cache_path, device="cpu", progress=False)
+    frame = generate_predictions(
+        "tiny-qwen3",
+        items,
+        max_new_tokens=MAX_NEW_TOKENS,
+        batch_size=N_ITEMS,
+        seed=0,
+        cache_path=cache_path,
+        device="cpu",
+        progress=False,
+    )
 
-    assert list(frame.columns) == PREDICTION_COLUMNS
+    assert list(frame.columns) == GENERATE_COLUMNS
     assert frame["id"].tolist() == [item.id for item in items]
     assert frame["gold"].tolist() == [item.answer for item in items]
     assert frame["n_choices"].tolist() == [item.n_choices for item in items]
@@ -59,7 +68,16 @@ def test_tiny_model_frame_is_well_formed_and_scripted_answer_parses(items, tmp_p
     assert unreadable >= 1
 
     # the generated texts were cached: a second call answers identically from the cache
-    again = generate_predictions("tiny-qwen3", items, max_new_tokens=MAX_NEW_TOKENS, batch_size=N_ITEMS, seed=0, cache_path=cache_path, device="cpu", progress=False)
+    again = generate_predictions(
+        "tiny-qwen3",
+        items,
+        max_new_tokens=MAX_NEW_TOKENS,
+        batch_size=N_ITEMS,
+        seed=0,
+        cache_path=cache_path,
+        device="cpu",
+        progress=False,
+    )
     assert again["text"].tolist() == frame["text"].tolist()
 
 

@@ -1,103 +1,51 @@
-"""The mine stage's pure parts: requests, attempt rows, the selection rule, the judge step,
-templates and the bundled recording."""
+"""The mine stage's pure parts (distill/mining.py): requests, attempts, the selection rule, the
+judge step and the metrics."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 
+from distill.contracts import ATTEMPT_COLUMNS, MCQItem, attempts_frame
 from distill.data.prompts import render_messages
-from distill.data.schema import MCQItem
-from distill.errors import ConfigError, InputError
 from distill.llm import Response
+from distill.llm.templates import load_template
 from distill.mining import (
-    ATTEMPT_COLUMNS,
-    MineConfig,
     answer_requests,
     apply_verdict,
-    attempt_row,
-    attempts_frame,
+    attempt,
     decide,
     generation_params,
-    hard_negative_record,
-    import_recording,
+    hard_negative,
+    judge_attempt,
     judge_candidates,
     judge_order_swapped,
     judge_request,
-    item_variables,
     mine_metrics,
     pass_rate,
     prompt_hash,
-    prompt_template_path,
 )
-from distill.prompt_registry import fill_chat_template, fill_text, parse_chat_template, read_chat_template
-
-REPO = Path(__file__).resolve().parents[2]
+from distill.stages.mine import MineConfig
 
 ITEM = MCQItem(
-    id="t-1", paragraph="지문 내용", question="옳은 것은?", choices=("가", "나", "다", "라", "마"),
-    answer=3, subject="한국사", source="test",
+    id="t-1",
+    paragraph="지문 내용",
+    question="옳은 것은?",
+    choices=("가", "나", "다", "라", "마"),
+    answer=3,
+    subject="한국사",
+    source="test",
 )
 
 
-def rows_for(item: MCQItem, role: str, texts: list[str | None]) -> list[dict]:
-    """Attempt rows from texts (None = a request that finally failed)."""
+def rows_for(item: MCQItem, role: str, texts: list[str | None]) -> list:
+    """Attempts from texts (None = a request that finally failed)."""
     cfg = MineConfig()
     requests = answer_requests([item], role, len(texts), generation_params(cfg, role))
     rows = []
     for request, text in zip(requests, texts):
         response = Response(text="", error="gave up after 7 attempts") if text is None else Response(text=text)
-        rows.append(attempt_row(item, role, "replay", f"example-{role}", request, response))
+        rows.append(attempt(item, role, "replay", f"example-{role}", request, response))
     return rows
-
-
-# -- templates ---------------------------------------------------------------------------------
-
-
-def _all_bundled_items() -> list[MCQItem]:
-    from distill.data.loaders import load_items
-    from distill.resources import resource_path
-
-    return load_items(resource_path("seeds.jsonl")) + load_items(resource_path("eval_sample.jsonl"))
-
-
-def test_answer_template_file_renders_exactly_what_render_messages_produces():
-    template = read_chat_template(prompt_template_path("answer"))
-    assert [m["role"] for m in template] == ["system", "user"]
-    items = _all_bundled_items()
-    # the layouts that matter: with and without <보기>, with and without a passage
-    items.append(MCQItem(id="no-passage", paragraph="  ", question="질문?", choices=("a", "b"), answer=1))
-    items.append(MCQItem(id="no-passage-box", paragraph="", question="질문?", question_plus="ㄱ. 하나", choices=("a ", " b", "c"), answer=2))
-    assert any(i.question_plus.strip() for i in items) and any(not i.question_plus.strip() for i in items)
-    assert any(not i.paragraph.strip() for i in items)
-    for item in items:
-        assert fill_chat_template(template, item_variables(item)) == render_messages(item), item.id
-
-
-def test_judge_template_has_the_variables_the_stage_fills_and_asks_for_a_strict_verdict():
-    from distill.prompt_registry import template_variables
-
-    template = read_chat_template(prompt_template_path("judge"))
-    assert template_variables(template) == {"paragraph", "question", "question_plus", "choices", "gold", "reasoning_a", "reasoning_b"}
-    assert "판정: A" in template[-1]["content"] and "판정: TIE" in template[-1]["content"]
-    # its own prompt, not the answer prompt (the reference project sent the wrong one)
-    assert template != read_chat_template(prompt_template_path("answer"))
-
-
-def test_fill_text_leaves_out_blocks_whose_variables_are_all_empty_and_refuses_missing_ones():
-    text = "지문:\n{{p}}\n\n질문:\n{{q}}\n\n끝"
-    assert fill_text(text, {"p": "", "q": "무엇?"}) == "질문:\n무엇?\n\n끝"
-    assert fill_text(text, {"p": "P", "q": "Q"}) == "지문:\nP\n\n질문:\nQ\n\n끝"
-    with pytest.raises(KeyError, match="q"):
-        fill_text(text, {"p": "P"})
-
-
-def test_parse_chat_template_rejects_text_outside_a_message():
-    with pytest.raises(InputError, match="row 1"):
-        parse_chat_template("stray\n[user]\nhi", "t.txt")
-    assert parse_chat_template("[system]\nS\n\n[user]\nU\n") == [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}]
 
 
 # -- requests and attempt rows ----------------------------------------------------------------
@@ -116,14 +64,16 @@ def test_answer_requests_sample_the_same_prompt_with_distinct_sample_indices_and
 
 
 def test_attempt_rows_read_the_choice_and_never_guess():
-    rows = rows_for(ITEM, "student", ["<think>1번? 2번?</think>\n풀이.\n정답: 3", "1번 아니면 4번인데 모르겠다.", "정답: 2", None])
-    assert [r["choice"] for r in rows] == [3, None, 2, None]
-    assert [r["correct"] for r in rows] == [True, False, False, False]
-    assert rows[0]["reasoning"] == "풀이.\n정답: 3"  # think block removed
-    assert rows[0]["text"].startswith("<think>")
-    assert rows[3]["error"] and rows[0]["error"] is None
+    rows = rows_for(
+        ITEM, "student", ["<think>1번? 2번?</think>\n풀이.\n정답: 3", "1번 아니면 4번인데 모르겠다.", "정답: 2", None]
+    )
+    assert [r.choice for r in rows] == [3, None, 2, None]
+    assert [r.correct for r in rows] == [True, False, False, False]
+    assert rows[0].reasoning == "풀이.\n정답: 3"  # think block removed
+    assert rows[0].text.startswith("<think>")
+    assert rows[3].error and rows[0].error is None
     frame = attempts_frame(rows)
-    assert list(frame.columns) == ATTEMPT_COLUMNS
+    assert list(frame.columns) == list(ATTEMPT_COLUMNS)
     assert str(frame["choice"].dtype) == "Int64" and frame["choice"].isna().tolist() == [False, True, False, True]
 
 
@@ -160,17 +110,20 @@ def test_failed_path_prefers_a_readable_wrong_answer_and_falls_back_to_an_unread
     teacher = rows_for(ITEM, "teacher", ["풀이 T\n정답: 3"])
     student = rows_for(ITEM, "student", ["1번 또는 4번", "틀린 풀이\n정답: 4", "정답: 3"])
     decision = decide(ITEM, teacher, student, 0.34)
-    assert decision.failed["sample_index"] == 1 and decision.failed["choice"] == 4
-    record = hard_negative_record(ITEM, decision, student, "keyword bias")
+    assert decision.failed.sample_index == 1 and decision.failed.choice == 4
+    record = hard_negative(ITEM, decision, student, "keyword bias").to_dict()
     assert record["golden_path"] == "풀이 T\n정답: 3" and record["failed_path"] == "틀린 풀이\n정답: 4"
     assert record["student_pass_rate"] == pytest.approx(1 / 3)
     assert (record["teacher_choice"], record["student_choice"], record["student_choices"]) == (3, 4, [None, 4, 3])
-    assert record["error_type"] == "keyword bias" and record["choices"] == list(ITEM.choices) and record["id"] == ITEM.id
+    assert (
+        record["error_type"] == "keyword bias" and record["choices"] == list(ITEM.choices) and record["id"] == ITEM.id
+    )
 
     only_unreadable = rows_for(ITEM, "student", ["1번 또는 4번", "모르겠다", "정답: 3"])
     decision = decide(ITEM, teacher, only_unreadable, 0.34)
-    assert decision.selected and decision.failed["sample_index"] == 0
-    assert hard_negative_record(ITEM, decision, only_unreadable, None)["student_choice"] is None
+    assert decision.selected and decision.failed.sample_index == 0
+    written = hard_negative(ITEM, decision, only_unreadable, None).to_dict()
+    assert written["student_choice"] is None and written["error_type"] is None
 
 
 # -- the judge step ---------------------------------------------------------------------------
@@ -186,10 +139,10 @@ def _judge_setup():
 def test_judge_candidates_are_the_golden_path_and_the_next_correct_reasoning():
     teacher, student, decision = _judge_setup()
     golden, other = judge_candidates(decision, teacher, student)
-    assert golden is decision.golden and other["role"] == "student" and other["sample_index"] == 1
+    assert golden is decision.golden and other.role == "student" and other.sample_index == 1
     two_teachers = rows_for(ITEM, "teacher", ["A 풀이\n정답: 3", "B 풀이\n정답: 3"])
     decision2 = decide(ITEM, two_teachers, student, 0.34)
-    assert judge_candidates(decision2, two_teachers, student)[1]["sample_index"] == 1  # teacher sample first
+    assert judge_candidates(decision2, two_teachers, student)[1].sample_index == 1  # teacher sample first
     lonely = rows_for(ITEM, "student", ["정답: 1"] * 3)
     assert judge_candidates(decide(ITEM, teacher, lonely, 0.34), teacher, lonely) is None
 
@@ -203,17 +156,16 @@ def test_apply_verdict_maps_the_shown_order_back_to_the_candidates(swapped, verd
     expected = {"first": first, "second": second, "golden": candidates[0]}[winner]
     judged = apply_verdict(decision, candidates, swapped, verdict)
     assert judged.golden is expected
-    assert judged.golden_from == f"{expected['role']}:{expected['sample_index']}"
+    assert judged.golden_from == f"{expected.role}:{expected.sample_index}"
     assert judged.judge_verdict == (verdict or "unparsed")
-    record = hard_negative_record(ITEM, judged, student, None)
-    assert record["golden_path"] == expected["reasoning"] and record["teacher_choice"] == 3
+    record = hard_negative(ITEM, judged, student, None).to_dict()
+    assert record["golden_path"] == expected.reasoning and record["teacher_choice"] == 3
 
 
 def test_judge_request_shows_both_reasonings_in_order_with_the_gold_answer():
     teacher, student, decision = _judge_setup()
     golden, other = judge_candidates(decision, teacher, student)
-    template = read_chat_template(prompt_template_path("judge"))
-    request = judge_request(ITEM, template, other, golden, generation_params(MineConfig(), "judge"))
+    request = judge_request(ITEM, load_template("judge"), other, golden, generation_params(MineConfig(), "judge"))
     user = request.messages[-1]["content"]
     assert user.index("풀이 A:\n짧게.") < user.index("풀이 B:\n1. 단계")
     assert "정답: 3번" in user and "지문:\n지문 내용" in user and "3. 다" in user
@@ -232,76 +184,41 @@ def test_judge_order_is_fixed_per_item_and_not_always_the_same():
 def test_mine_metrics_per_subject_and_parse_failures():
     other = MCQItem(id="t-2", paragraph="p", question="q?", choices=("a", "b", "c", "d"), answer=1, subject="경제")
     rows, decisions = [], []
-    for item, teacher, student in ((ITEM, ["정답: 3"], ["정답: 1", "모르겠다", "정답: 3"]), (other, ["정답: 2"], ["정답: 1", "정답: 1", None])):
+    for item, teacher, student in (
+        (ITEM, ["정답: 3"], ["정답: 1", "모르겠다", "정답: 3"]),
+        (other, ["정답: 2"], ["정답: 1", "정답: 1", None]),
+    ):
         t, s = rows_for(item, "teacher", teacher), rows_for(item, "student", student)
         rows += t + s
         decisions.append(decide(item, t, s, 0.34))
-    metrics = mine_metrics([ITEM, other], rows, decisions, 0.34)
+    metrics = mine_metrics([ITEM, other], rows, decisions)
     assert metrics["mine/teacher_accuracy"] == 0.5
     assert metrics["mine/teacher_accuracy/한국사"] == 1.0 and metrics["mine/teacher_accuracy/경제"] == 0.0
     assert metrics["mine/student_accuracy"] == pytest.approx(3 / 5)  # the failed request is no answer
     assert metrics["mine/parse_failure_rate/student"] == pytest.approx(1 / 5)
     assert metrics["mine/student_request_failures"] == 1
-    assert metrics["mine/hard_negatives"] == 1 and metrics["mine/hard_negatives/한국사"] == 1 and metrics["mine/hard_negatives/경제"] == 0
+    assert (
+        metrics["mine/hard_negatives"] == 1
+        and metrics["mine/hard_negatives/한국사"] == 1
+        and metrics["mine/hard_negatives/경제"] == 0
+    )
     assert metrics["mine/skipped/teacher_wrong"] == 1
 
 
-# -- config and recording -------------------------------------------------------------------------
+def test_judge_attempt_stores_the_verdict_as_its_choice_and_is_never_correct():
+    request = answer_requests([ITEM], "judge", 1, generation_params(MineConfig(), "judge"))[0]
+    response = Response(text="정답은 3번이다.\n정답: 3\n판정: A")
+    for verdict, choice in (("A", 1), ("B", 2), ("TIE", 0), (None, None)):
+        judged = judge_attempt(ITEM, "replay", "example-teacher", request, response, verdict)
+        assert (judged.role, judged.choice, judged.correct) == ("judge", choice, False)
 
 
-def test_config_defaults_are_the_offline_embedded_default():
-    cfg = MineConfig()
-    assert (cfg.teacher_backend, cfg.student_backend) == ("replay", "replay")
-    assert (cfg.teacher, cfg.student) == ("example-teacher", "example-student")
-    assert Path(cfg.seeds_path()).name == "seeds.jsonl" and Path(cfg.error_types_path()).name == "seed_notes.jsonl"
-    assert MineConfig(seeds="my.jsonl").error_types_path() is None
+def test_attempts_written_through_the_contract_read_back_equal(tmp_path):
+    import pandas as pd
 
+    from distill.contracts import attempts_from_frame
 
-@pytest.mark.parametrize(
-    "kwargs, message",
-    [
-        ({"teacher_backend": "gemini"}, "exists only in the bundled recording"),
-        ({"student_backend": "vllm"}, "student_backend must be one of"),
-        ({"student_samples": 0}, "student_samples must be at least 1"),
-        ({"pass_rate_threshold": 1.5}, "pass_rate_threshold"),
-        ({"judge": "maybe"}, "must be 'on' or 'off'"),
-    ],
-)
-def test_config_refuses_what_cannot_work(kwargs, message):
-    with pytest.raises(ConfigError, match=message):
-        MineConfig(**kwargs)
-
-
-def test_every_field_is_documented_for_the_command_line():
-    import dataclasses
-
-    for f in dataclasses.fields(MineConfig):
-        assert len(f.metadata.get("help", "")) > 10, f.name
-
-
-def test_import_recording_names_the_bad_row(tmp_path):
-    from distill.llm import ResponseCache
-
-    bad = tmp_path / "rec.jsonl"
-    bad.write_text(json.dumps({"key": "k1", "backend": "recording", "model": "m", "response": {"text": "정답: 1"}}) + "\n"
-                   + json.dumps({"key": "k2", "backend": "recording", "model": "m"}) + "\n", encoding="utf-8")
-    with ResponseCache(tmp_path / "c.sqlite") as cache:
-        with pytest.raises(InputError, match=r"row 2, field 'response'"):
-            import_recording(cache, bad)
-
-
-def test_bundled_recording_is_up_to_date_and_honestly_named():
-    """The recording must match the stage's current requests (keys) and the build script."""
-    import importlib.util
-
-    from distill.mining import bundled_recording
-
-    spec = importlib.util.spec_from_file_location("build_mine_replay", REPO / "scripts" / "build_mine_replay.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    rows = module.build_rows()
-    assert module.recording_text(rows) == bundled_recording().read_text(encoding="utf-8")
-    assert {r["model"] for r in rows} == {"example-teacher", "example-student"}
-    assert {r["backend"] for r in rows} == {"recording"}
-    roles = [r["role"] for r in rows]
-    assert roles.count("teacher") == 24 and roles.count("student") == 72 and roles.count("judge") >= 1
+    rows = rows_for(ITEM, "student", ["정답: 3", "모르겠다", None])
+    path = tmp_path / "attempts.parquet"
+    attempts_frame(rows).to_parquet(path, index=False)
+    assert attempts_from_frame(pd.read_parquet(path)) == rows

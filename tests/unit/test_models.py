@@ -241,8 +241,6 @@ def test_adapter_from_mlflow_runs_uri(mlflow_store, adapter_setup):
         resolve_adapter("models:/no-such-model@champion")
 
 
-
-
 # ----------------------------------------------------------------------------- 4-bit on CPU
 
 

@@ -7,16 +7,9 @@ from collections import Counter
 
 import pytest
 
+from distill.contracts import answer_line_choice
 from distill.errors import InputError
-from distill.pairs import (
-    answer_line_choice,
-    load_pairs,
-    select_pairs,
-    split_dev,
-    split_reasoning,
-    subsample_pairs,
-    validate_pairs,
-)
+from distill.pairs import load_pairs, select_pairs, split_dev, split_reasoning, subsample_pairs, validate_pairs
 
 
 def make_pair(index: int, subject: str = "한국사", seed_id: str | None = None) -> dict:

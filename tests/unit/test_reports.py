@@ -19,16 +19,35 @@ def _frame(rows):
 
 
 # 한국사: base 1/3 right, trained 3/3 (2 fixed). 경제: base 2/2, trained 1/2 (1 broken).
-BASE = _frame([("a", "한국사", 1, 1), ("b", "한국사", 2, 3), ("c", "한국사", 3, 1), ("d", "경제", 4, 4), ("e", "경제", 5, 5)])
-NEW = _frame([("a", "한국사", 1, 1), ("b", "한국사", 2, 2), ("c", "한국사", 3, 3), ("d", "경제", 4, 4), ("e", "경제", 5, 1)])
+BASE = _frame(
+    [("a", "한국사", 1, 1), ("b", "한국사", 2, 3), ("c", "한국사", 3, 1), ("d", "경제", 4, 4), ("e", "경제", 5, 5)]
+)
+NEW = _frame(
+    [("a", "한국사", 1, 1), ("b", "한국사", 2, 2), ("c", "한국사", 3, 3), ("d", "경제", 4, 4), ("e", "경제", 5, 1)]
+)
 
 
 def test_subject_rows_count_items_per_subject_and_overall():
     rows = {r["subject"]: r for r in subject_rows(BASE, NEW)}
     assert list(rows) == ["경제", "한국사", OVERALL]
-    assert (rows["한국사"]["n"], rows["한국사"]["base_correct"], rows["한국사"]["new_correct"], rows["한국사"]["delta"]) == (3, 1, 3, 2)
-    assert (rows["경제"]["n"], rows["경제"]["base_correct"], rows["경제"]["new_correct"], rows["경제"]["delta"]) == (2, 2, 1, -1)
-    assert (rows[OVERALL]["n"], rows[OVERALL]["base_correct"], rows[OVERALL]["new_correct"], rows[OVERALL]["delta"]) == (5, 3, 4, 1)
+    assert (
+        rows["한국사"]["n"],
+        rows["한국사"]["base_correct"],
+        rows["한국사"]["new_correct"],
+        rows["한국사"]["delta"],
+    ) == (3, 1, 3, 2)
+    assert (rows["경제"]["n"], rows["경제"]["base_correct"], rows["경제"]["new_correct"], rows["경제"]["delta"]) == (
+        2,
+        2,
+        1,
+        -1,
+    )
+    assert (
+        rows[OVERALL]["n"],
+        rows[OVERALL]["base_correct"],
+        rows[OVERALL]["new_correct"],
+        rows[OVERALL]["delta"],
+    ) == (5, 3, 4, 1)
     assert rows["한국사"]["base_accuracy"] == pytest.approx(1 / 3) and rows["한국사"]["new_accuracy"] == 1.0
     # 한국사 trained: every label 1, 2, 3 right → F1 1; base predicted 1, 3, 1 for gold 1, 2, 3.
     assert rows["한국사"]["new_macro_f1"] == 1.0
@@ -40,7 +59,10 @@ def test_markdown_has_the_reference_columns_and_the_paired_test():
     rows = subject_rows(BASE, NEW)
     text = markdown_report(rows, comparison, base_label="base", new_label="trained", title="t", alpha=0.05)
     lines = text.splitlines()
-    assert "| subject | n | base correct | trained correct | Δ | accuracy base → trained | macro-F1 base → trained |" in lines
+    assert (
+        "| subject | n | base correct | trained correct | Δ | accuracy base → trained | macro-F1 base → trained |"
+        in lines
+    )
     assert "| 한국사 | 3 | 1 | 3 | +2 | 33.3% → 100.0% | 0.222 → 1.000 |" in lines
     assert "| 경제 | 2 | 2 | 1 | -1 | 100.0% → 50.0% | 1.000 → 0.333 |" in lines
     assert "| **overall** | 5 | 3 | 4 | +1 | 60.0% → 80.0% |" in next(line for line in lines if "**overall**" in line)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from scoring_helpers import make_items, merging_tokenizer, tiny_model_for
 
 from distill.scoring import (
     choice_tokens,
@@ -11,7 +12,6 @@ from distill.scoring import (
     score_choices_reference,
     scoring_prompt,
 )
-from scoring_helpers import make_items, merging_tokenizer, tiny_model_for
 
 TOLERANCE = 1e-4
 
@@ -114,7 +114,9 @@ def test_boundary_crossing_merge_is_scored_honestly():
     assert not spec.boundary_stable
     # the context stops before the space, and every continuation is the merged " N" token
     assert tokenizer.decode(list(spec.context)) == prompt[:-1]
-    assert [tokenizer.decode(list(c)) for c in spec.continuations] == [f" {k}" for k in range(1, items[0].n_choices + 1)]
+    assert [tokenizer.decode(list(c)) for c in spec.continuations] == [
+        f" {k}" for k in range(1, items[0].n_choices + 1)
+    ]
     assert spec.single_token
     for batch_size in (1, 3, 8):
         batched = score_choices(model, tokenizer, items, batch_size=batch_size, progress=False)

@@ -91,7 +91,9 @@ def test_paired_comparison_fields():
 def _frame(ids, subjects, gold, pred):
     import pandas as pd
 
-    return pd.DataFrame({"id": ids, "subject": subjects, "gold": gold, "pred": pred, "correct": [g == p for g, p in zip(gold, pred)]})
+    return pd.DataFrame(
+        {"id": ids, "subject": subjects, "gold": gold, "pred": pred, "correct": [g == p for g, p in zip(gold, pred)]}
+    )
 
 
 def test_compare_predictions_by_hand():

@@ -1,9 +1,7 @@
-"""Sweep space files, the trial budget rule, overrides, the storage lock (no training here)."""
+"""Sweep space files: parsing, errors that name the field, suggestions, pruners and samplers, train overrides."""
 
 from __future__ import annotations
 
-import threading
-import time
 from pathlib import Path
 
 import optuna
@@ -11,9 +9,15 @@ import pytest
 import yaml
 
 from distill.errors import ConfigError, InputError
-from distill.sweep import (
-    OUTCOME_ATTR, counts_toward_budget, load_space, make_pruner, make_sampler, parse_overrides, parse_space, redact_storage,
-    resolve_space_path, sqlalchemy_url, study_lock, suggest, trial_kwargs, SweepConfig,
+from distill.stages.train import TrainConfig
+from distill.sweep_space import (
+    load_space,
+    make_pruner,
+    make_sampler,
+    parse_overrides,
+    parse_space,
+    resolve_space_path,
+    suggest,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,7 +31,7 @@ def _space(**changes):
 
 @pytest.mark.parametrize("name", ["default", "quick"])
 def test_bundled_spaces_parse(name):
-    space = load_space(resolve_space_path(name))
+    space = load_space(resolve_space_path(name), train_config=TrainConfig)
     names = {p.name for p in space.params}
     assert {"beta", "lora_rank", "n_pairs"} <= names
     beta = next(p for p in space.params if p.name == "beta")
@@ -37,10 +41,18 @@ def test_bundled_spaces_parse(name):
 
 
 def test_default_space_varies_learning_rate_and_reads_scientific_notation():
-    space = load_space(REPO / "sweeps" / "default.yaml")
+    space = load_space(REPO / "sweeps" / "default.yaml", train_config=TrainConfig)
     lr = next(p for p in space.params if p.name == "learning_rate")
     assert lr.low == pytest.approx(5e-5) and lr.high == pytest.approx(1e-3) and lr.log
-    assert parse_space(_space(space={"learning_rate": {"type": "float", "low": "1e-5", "high": "1e-3", "log": True}}, fixed={})).params[0].low == 1e-5
+    assert (
+        parse_space(
+            _space(space={"learning_rate": {"type": "float", "low": "1e-5", "high": "1e-3", "log": True}}, fixed={}),
+            train_config=TrainConfig,
+        )
+        .params[0]
+        .low
+        == 1e-5
+    )
 
 
 @pytest.mark.parametrize(
@@ -65,18 +77,18 @@ def test_default_space_varies_learning_rate_and_reads_scientific_notation():
 )
 def test_bad_space_names_the_field(changes, field):
     with pytest.raises(InputError) as info:
-        parse_space(_space(**changes), "space.yaml")
+        parse_space(_space(**changes), "space.yaml", train_config=TrainConfig)
     assert info.value.field == field
     assert "space.yaml" in str(info.value)
 
 
 def test_unknown_top_level_key_is_refused():
     with pytest.raises(InputError, match="unknown key"):
-        parse_space(_space(trials=3), "space.yaml")
+        parse_space(_space(trials=3), "space.yaml", train_config=TrainConfig)
 
 
 def test_suggest_follows_the_declared_types():
-    space = parse_space(_space())
+    space = parse_space(_space(), train_config=TrainConfig)
     study = optuna.create_study(sampler=make_sampler(space.sampler, 0), direction="maximize")
     seen = []
     for _ in range(6):
@@ -90,71 +102,26 @@ def test_suggest_follows_the_declared_types():
     assert len({v["beta"] for v in seen}) == 6, "a continuous beta never repeats"
 
 
-def test_trial_kwargs_layering():
-    space = parse_space(_space())
-    cfg = SweepConfig(pairs="p.jsonl", train_overrides="max_steps=7,epochs=1", seed=3, output_dir="o")
-    kwargs = trial_kwargs(space, cfg, {"beta": 0.5, "lora_rank": 8}, experiment="exp")
-    assert kwargs["pairs"] == "p.jsonl" and kwargs["max_steps"] == 7 and kwargs["epochs"] == 1.0
-    assert kwargs["beta"] == 0.5 and kwargs["lora_rank"] == 8 and kwargs["student"] == "tiny-qwen3"
-    assert kwargs["seed"] == 3 and kwargs["experiment"] == "exp" and kwargs["dev_eval_steps"] == space.dev_eval_steps
-    from distill.training import TrainConfig
-
-    TrainConfig(**kwargs)  # every key is a train parameter
-
-
 def test_overrides_are_checked():
-    assert parse_overrides("max_steps=3, beta=0.2") == {"max_steps": 3, "beta": 0.2}
+    assert parse_overrides("max_steps=3, beta=0.2", train_config=TrainConfig) == {"max_steps": 3, "beta": 0.2}
     with pytest.raises(ConfigError, match="not a train parameter"):
-        parse_overrides("nope=1")
+        parse_overrides("nope=1", train_config=TrainConfig)
     with pytest.raises(ConfigError, match="sweep"):
-        parse_overrides("seed=1")
+        parse_overrides("seed=1", train_config=TrainConfig)
     with pytest.raises(ConfigError, match="name=value"):
-        parse_overrides("max_steps")
+        parse_overrides("max_steps", train_config=TrainConfig)
 
 
 def test_pruners_and_samplers():
     assert isinstance(make_pruner({"type": "median", "n_startup_trials": 1}), optuna.pruners.MedianPruner)
-    assert isinstance(make_pruner({"type": "hyperband", "min_resource": 1, "max_resource": 9}), optuna.pruners.HyperbandPruner)
+    assert isinstance(
+        make_pruner({"type": "hyperband", "min_resource": 1, "max_resource": 9}), optuna.pruners.HyperbandPruner
+    )
     assert isinstance(make_pruner({"type": "threshold", "lower": 0.5}), optuna.pruners.ThresholdPruner)
     assert isinstance(make_pruner({"type": "none"}), optuna.pruners.NopPruner)
     with pytest.raises(ConfigError, match="pruner median"):
         make_pruner({"type": "median", "bogus": 1})
     assert isinstance(make_sampler({"type": "random"}, 0), optuna.samplers.RandomSampler)
-
-
-def test_budget_counts_finished_running_and_queued_but_not_dead_workers():
-    assert counts_toward_budget("COMPLETE", {}) and counts_toward_budget("PRUNED", {})
-    assert counts_toward_budget("RUNNING", {}) and counts_toward_budget("WAITING", {})
-    assert counts_toward_budget("FAIL", {OUTCOME_ATTR: "fail"}), "a trial that failed in its own code is finished"
-    assert not counts_toward_budget("FAIL", {}), "failed by the heartbeat check: its worker died, it never finished"
-
-
-def test_storage_url_helpers():
-    assert redact_storage("postgresql://me:s3cret@db:5432/optuna") == "postgresql://me:***@db:5432/optuna"
-    assert "s3cret" not in redact_storage("postgresql://me:s3cret@db/optuna")
-    assert sqlalchemy_url("sqlite:///optuna.db") == "sqlite:///optuna.db"
-    assert sqlalchemy_url("postgresql://u@h/d").startswith("postgresql")
-
-
-def test_sqlite_study_lock_excludes_a_second_holder(tmp_path):
-    url = f"sqlite:///{tmp_path / 'optuna.db'}"
-    order: list[str] = []
-    inside = threading.Event()
-
-    def second() -> None:
-        inside.wait()
-        with study_lock(url, "s"):
-            order.append("second")
-
-    thread = threading.Thread(target=second)
-    thread.start()
-    with study_lock(url, "s"):
-        inside.set()
-        time.sleep(0.3)
-        order.append("first")
-    thread.join(timeout=10)
-    assert order == ["first", "second"]
-    assert (tmp_path / "optuna.db.lock").is_file()
 
 
 def test_missing_space_file_is_a_config_error():

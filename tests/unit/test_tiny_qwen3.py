@@ -107,12 +107,11 @@ def test_concurrent_first_use_builds_once_and_matches_this_process(tmp_path, tin
     """Two fresh processes ask at once: the lock makes one build and the other reuse it, and
     that build (new Rust and Python hash seeds) is byte-identical to this process's build."""
     env = {**os.environ, "DISTILL_HOME": str(tmp_path / "home")}
-    code = (
-        "from distill import tiny_qwen3; p = tiny_qwen3.tiny_qwen3_path(0); "
-        "print(p, tiny_qwen3.build_count())"
-    )
+    code = "from distill import tiny_qwen3; p = tiny_qwen3.tiny_qwen3_path(0); print(p, tiny_qwen3.build_count())"
     procs = [
-        subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         for _ in range(2)
     ]
     outputs = [proc.communicate(timeout=300) for proc in procs]
@@ -291,7 +290,9 @@ def test_right_padding_does_not_change_real_token_logits(model, tokenizer):
 def test_generate_stops_within_budget(model, tokenizer):
     import torch
 
-    prompt = tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True, enable_thinking=False, return_tensors="pt", return_dict=True)
+    prompt = tokenizer.apply_chat_template(
+        MESSAGES, add_generation_prompt=True, enable_thinking=False, return_tensors="pt", return_dict=True
+    )
     with torch.no_grad():
         out = model.generate(**prompt, max_new_tokens=5, do_sample=False)
     assert out.shape[1] <= prompt["input_ids"].shape[1] + 5

@@ -1,0 +1,123 @@
+"""Role backends for the LLM stages: one check of a role's backend and model, one way to build the
+backend, one way to report what it used.
+
+A role is what a model does in a stage: the teacher and the student in mine (the judge asks
+the teacher's backend), the teacher and the verifier in augment. Each stage config names a
+role's backend kind in `<role>_backend` and its model in `<role>`; `check_role` validates
+both (an error names the field at fault), and `role_backend` builds the backend with the
+stage's retry, concurrency and cost settings in front of the run's one response cache. A
+replay backend looks a request up first as the bundled recordings keyed it
+(distill/llm/recording.py), then as a live gemini, openai or local run would have.
+
+`usage_metrics` turns each role's `Usage` counters into `llm/<role>/*` metrics plus `llm/*`
+summed over the roles; `usage_summary` is the one line a stage prints per role.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from distill.errors import ConfigError
+from distill.llm.factory import BACKENDS
+from distill.llm.recording import EXAMPLE_MODELS, RECORDED_BACKEND
+
+ROLES = ("teacher", "student", "judge", "verifier")
+
+
+def check_role(role: str, kind: Any, model: Any) -> tuple[str, str]:
+    """The normalised (backend kind, model name) of a role; a ConfigError names the field at fault
+    (`<role>_backend` or `<role>`)."""
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}; roles are {', '.join(ROLES)}")
+    kind = str(kind or "").strip().lower()
+    if kind not in BACKENDS:
+        raise ConfigError(f"{role}_backend must be one of {', '.join(BACKENDS)}, got {kind!r}")
+    model = str(model or "").strip()
+    if not model:
+        raise ConfigError(f"{role} needs a model name")
+    if kind != "replay" and model in EXAMPLE_MODELS:
+        raise ConfigError(
+            f"{role} {model!r} exists only in the bundled recording (replay backend); "
+            f"name a real model with -P {role}=... to use the {kind} backend"
+        )
+    return kind, model
+
+
+@dataclass(frozen=True)
+class BackendSettings:
+    """How a stage's backends send requests: the fields mine and augment share by name."""
+
+    concurrency: int = 16
+    max_retries: int = 6
+    timeout_s: float = 300.0
+    backoff_base_s: float = 1.0
+    backoff_max_s: float = 60.0
+    prices: str | None = None
+    """Price table file for the cost estimate (None: the built-in table)."""
+    seed: int = 0
+    """Seeds the retry jitter (sampling seeds are per request)."""
+    device: str | None = None
+    """Local backend: cuda, cpu, mps; None picks one."""
+    batch_size: int = 8
+    """Local backend: prompts per generate call."""
+
+    @classmethod
+    def of(cls, cfg: Any) -> BackendSettings:
+        """The settings a stage config holds (`device` "auto" means None; `student_batch_size`
+        is the local batch size where a config has one)."""
+        device = getattr(cfg, "device", None)
+        return cls(
+            concurrency=cfg.concurrency,
+            max_retries=cfg.max_retries,
+            timeout_s=cfg.timeout_s,
+            backoff_base_s=cfg.backoff_base_s,
+            backoff_max_s=cfg.backoff_max_s,
+            prices=cfg.prices,
+            seed=cfg.seed,
+            device=None if device in (None, "auto") else device,
+            batch_size=getattr(cfg, "student_batch_size", cls.batch_size),
+        )
+
+
+def role_backend(kind: str, model: str, *, cache, settings: BackendSettings):
+    """The backend of one role, in front of the run's response cache (a ResponseCache)."""
+    from distill.llm.factory import make_backend
+    from distill.llm.replay import RECORDING_BACKENDS
+
+    return make_backend(
+        kind,
+        model,
+        cache=cache,
+        concurrency=settings.concurrency,
+        max_retries=settings.max_retries,
+        timeout_s=settings.timeout_s,
+        backoff_base_s=settings.backoff_base_s,
+        backoff_max_s=settings.backoff_max_s,
+        prices=settings.prices,
+        seed=settings.seed,
+        device=settings.device,
+        batch_size=settings.batch_size,
+        recorded_by=(RECORDED_BACKEND, *RECORDING_BACKENDS),
+    )
+
+
+def usage_metrics(usages: Mapping[str, Any]) -> dict[str, float]:
+    """`llm/<role>/*` per role and `llm/*` summed over the roles (requests, tokens, cost, ...)."""
+    metrics: dict[str, float] = {}
+    for role, usage in usages.items():
+        metrics.update({name: float(value) for name, value in usage.as_dict(f"llm/{role}/").items()})
+    if usages:
+        for name in dataclasses.asdict(next(iter(usages.values()))):
+            metrics[f"llm/{name}"] = float(sum(getattr(usage, name) for usage in usages.values()))
+    return metrics
+
+
+def usage_summary(usage) -> str:
+    """One line of what a role's backend did: requests, cache hits, retries, tokens, cost."""
+    line = usage.summary()
+    if usage.cache_hits:
+        line += f"; cached tokens in/out {usage.cached_input_tokens}/{usage.cached_output_tokens}"
+    return line

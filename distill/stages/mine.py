@@ -1,0 +1,530 @@
+"""The `mine` stage: find hard negatives, items the teacher gets right and the student gets wrong.
+
+For each seed item the teacher answers `teacher_samples` times and the student
+`student_samples` times (sampled, so its pass rate means something). An item is a hard negative
+when the teacher is right and the student's pass rate is at most `pass_rate_threshold`
+(default 0.34: at most 1 of 3 samples right). The rule, the judge step (`judge=on`: the teacher
+compares two correct reasonings with its own prompt, distill/resources/prompts/judge.txt), the
+metrics and the summary are distill/mining.py; this module asks the models and records what
+came back:
+
+    load seeds → open the cache (import the recording) → start the run, log params and config
+    → register the prompts → ask teacher and student → decide → judge → write the attempts and
+    hard negatives through the contracts (distill/contracts.py) → log metrics, artifacts and
+    datasets → print the summary.
+
+Attempts (attempts.parquet, `distill.contracts.Attempt`): `item_id, role, backend, model,
+sample_index, prompt_hash, text, reasoning, choice, correct, latency_s, input_tokens,
+output_tokens, error`. `reasoning` is the visible answer (think blocks removed), `choice` the
+extracted answer or null (unreadable, or the request failed), `error` the message of a request
+that still failed after retries (no answer: it counts in no accuracy). Judge attempts: `choice`
+1 = A preferred, 2 = B, 0 = TIE, null = unreadable verdict; `correct` is false.
+
+Everything a run needs goes through the response cache (`cache_path`); the embedded default
+answers from the recording bundled with the package (distill/resources/replay/mine.jsonl, in
+the one recording format of distill/llm/recording.py, written by the project for the 24 bundled
+seeds and rebuilt by scripts/build_mine_replay.py), imported into the cache at the start of a
+run that uses the replay backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from distill import tracking
+from distill.contracts import Attempt, HardNegative, MCQItem
+from distill.errors import ConfigError, InputError
+from distill.mining import Decision
+
+ANSWER_PROMPT_NAME = "distill-answer"
+JUDGE_PROMPT_NAME = "distill-judge"
+ATTEMPTS_FILE = "attempts.parquet"
+HARD_NEGATIVES_FILE = "hard_negatives.jsonl"
+SUMMARY_FILE = "summary.txt"
+ARTIFACT_DIR = "mine"
+OUTPUT_TAGS = {"distill.direction": "output"}
+"""Tags of the dataset inputs that are the run's own outputs."""
+
+
+@dataclass
+class MineConfig:
+    """Run a teacher and a student over seed items and keep the hard negatives."""
+
+    seeds: str | None = field(
+        default=None,
+        metadata={"help": "Seed items (a file). Empty: the 24 bundled seeds (distill/resources/seeds.jsonl)."},
+    )
+    format: str = field(default="auto", metadata={"help": "Seeds format: auto, competition, kice, kmmlu or jsonl."})
+    subject_map: str | None = field(
+        default=None, metadata={"help": "Optional file mapping item ids or categories to subjects."}
+    )
+    teacher: str = field(
+        default="example-teacher",
+        metadata={
+            "help": "Teacher model id (e.g. gemini-2.5-flash). example-teacher exists only in the bundled recording."
+        },
+    )
+    teacher_backend: str = field(
+        default="replay",
+        metadata={"help": "Teacher backend: gemini, openai, local or replay (answers only from the cache)."},
+    )
+    student: str = field(
+        default="example-student",
+        metadata={
+            "help": "Student model id or local path (e.g. Qwen/Qwen3-14B, tiny-qwen3). example-student exists only in the bundled recording."
+        },
+    )
+    student_backend: str = field(
+        default="replay", metadata={"help": "Student backend: local, openai, gemini or replay."}
+    )
+    student_samples: int = field(
+        default=3,
+        metadata={
+            "help": "Student answers per item (sampled at student_temperature); the pass rate is correct / answered."
+        },
+    )
+    teacher_samples: int = field(
+        default=1,
+        metadata={
+            "help": "Teacher answers per item; the teacher is right on an item when most of its answered samples are."
+        },
+    )
+    student_temperature: float = field(
+        default=0.7, metadata={"help": "Student sampling temperature (above 0, or every sample is the same)."}
+    )
+    teacher_temperature: float = field(
+        default=0.0, metadata={"help": "Teacher sampling temperature (raise it with teacher_samples > 1)."}
+    )
+    max_output_tokens: int = field(
+        default=2048,
+        metadata={"help": "Answer length limit for teacher, student and judge (reasoning tokens included)."},
+    )
+    thinking: str = field(
+        default="off", metadata={"help": "Model reasoning mode for all roles: on (think block returned) or off."}
+    )
+    pass_rate_threshold: float = field(
+        default=0.34,
+        metadata={
+            "help": "Select an item when the teacher is right and the student pass rate is <= this (0.34: at most 1 of 3 samples right)."
+        },
+    )
+    judge: str = field(
+        default="off",
+        metadata={
+            "help": "on: when an item has two correct reasonings, the teacher judges which is better (A/B/TIE) and the preferred one becomes golden_path."
+        },
+    )
+    concurrency: int = field(default=16, metadata={"help": "Requests in flight per network backend."})
+    timeout_s: float = field(
+        default=300.0, metadata={"help": "Per-request timeout (network backends); a timeout is retried."}
+    )
+    max_retries: int = field(
+        default=6,
+        metadata={
+            "help": "Retries per request on 429/5xx/timeouts/bad bodies; after that the request is a failure row."
+        },
+    )
+    backoff_base_s: float = field(
+        default=1.0,
+        metadata={
+            "help": "Retry backoff base: attempt k waits up to base * 2^k (full jitter), at least the server's Retry-After."
+        },
+    )
+    backoff_max_s: float = field(default=60.0, metadata={"help": "Longest wait between retries."})
+    cache_path: str = field(
+        default="outputs/mine/cache.sqlite",
+        metadata={
+            "help": "Response cache (SQLite). Every response is stored as it arrives; a rerun pays for nothing twice."
+        },
+    )
+    recording: str | None = field(
+        default=None,
+        metadata={
+            "help": "Recorded responses (JSONL) imported into the cache when a role uses the replay backend. Empty: the bundled recording; 'none': import nothing."
+        },
+    )
+    error_types: str | None = field(
+        default=None,
+        metadata={
+            "help": "Optional JSONL with id and error_type per seed (a label of the student's mistake), copied into hard negatives. Empty: the bundled labels when seeds are the bundled ones."
+        },
+    )
+    prices: str | None = field(
+        default=None,
+        metadata={
+            "help": "Price table (YAML/JSON, USD per 1M input/output tokens per model) for llm/cost_usd. Empty: built-in list prices."
+        },
+    )
+    student_batch_size: int = field(default=8, metadata={"help": "Prompts per generate call (local student)."})
+    device: str = field(default="auto", metadata={"help": "Local student: cuda, cpu, mps, or auto."})
+    experiment: str | None = field(default=None, metadata={"help": "MLflow experiment (default distill-mine)."})
+    output_dir: str = field(
+        default="outputs/mine",
+        metadata={
+            "help": "Where attempts.parquet, hard_negatives.jsonl and summary.txt are written (also logged as artifacts)."
+        },
+    )
+    seed: int = field(default=0, metadata={"help": "Sampling seed; sample k of a prompt uses seed + k."})
+    max_items: int | None = field(default=None, metadata={"help": "Mine only the first N seeds; empty for all."})
+
+    def __post_init__(self) -> None:
+        from distill.data.prompts import parse_thinking
+        from distill.llm.roles import check_role
+
+        for name in ("seeds", "subject_map", "recording", "error_types", "prices", "experiment"):
+            value = getattr(self, name)
+            if isinstance(value, str) and not value.strip():
+                setattr(self, name, None)
+        if isinstance(self.max_items, str):
+            self.max_items = int(self.max_items) if self.max_items.strip() else None
+        self.thinking = "on" if parse_thinking(self.thinking) else "off"
+        self.judge = "on" if parse_thinking(self.judge) else "off"
+        for role in ("teacher", "student"):
+            kind, model = check_role(role, getattr(self, f"{role}_backend"), getattr(self, role))
+            setattr(self, f"{role}_backend", kind)
+            setattr(self, role, model)
+        for name in ("student_samples", "teacher_samples", "max_output_tokens", "concurrency", "student_batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_retries < 0:
+            raise ConfigError(f"max_retries must be >= 0, got {self.max_retries}")
+        if self.timeout_s <= 0:
+            raise ConfigError(f"timeout_s must be positive, got {self.timeout_s}")
+        if not 0.0 <= self.pass_rate_threshold <= 1.0:
+            raise ConfigError(f"pass_rate_threshold must be within 0..1, got {self.pass_rate_threshold}")
+        if self.max_items is not None and self.max_items < 1:
+            raise ConfigError(f"max_items must be at least 1 (or empty for all), got {self.max_items}")
+
+    @property
+    def uses_replay(self) -> bool:
+        return "replay" in (self.teacher_backend, self.student_backend)
+
+    def seeds_path(self) -> str:
+        if self.seeds:
+            return self.seeds
+        from distill.resources import resource_path
+
+        return str(resource_path("seeds.jsonl"))
+
+    def error_types_path(self) -> str | None:
+        if self.error_types:
+            return self.error_types
+        if self.seeds is None:
+            from distill.resources import resource_path
+
+            return str(resource_path("seed_notes.jsonl"))
+        return None
+
+
+@dataclass
+class MineResult:
+    """What `collect` found: every attempt (item order, then role, then sample), the hard
+    negatives selected, and the decision on every item."""
+
+    attempts: list[Attempt]
+    hard_negatives: list[HardNegative]
+    decisions: list[Decision]
+
+
+@dataclass
+class MineOutputs:
+    run_id: str
+    attempts: Any
+    """pandas DataFrame, `distill.contracts.ATTEMPT_COLUMNS`."""
+    hard_negatives: list[HardNegative]
+    decisions: list[Decision]
+    metrics: dict[str, float]
+    usage: dict[str, dict[str, float]]
+    prompts: dict[str, str]
+    output_dir: Path
+    attempts_path: Path
+    hard_negatives_path: Path
+    wall_s: float
+
+
+# --------------------------------------------------------------------------------------------
+# Steps
+
+
+def load_seed_items(cfg: MineConfig) -> list[MCQItem]:
+    from distill.data.loaders import load_items
+
+    path = cfg.seeds_path()
+    items = load_items(path, cfg.format, cfg.subject_map, require_answer=True)
+    if cfg.max_items is not None:
+        items = items[: cfg.max_items]
+    if not items:
+        raise InputError(path, "no seed items")
+    return items
+
+
+def open_cache(cfg: MineConfig):
+    """The run's response cache, with the recording imported when a role replays; (cache, rows new)."""
+    from distill.llm import ResponseCache
+    from distill.llm.recording import import_recording, recording_to_import
+
+    cache = ResponseCache(cfg.cache_path)
+    recording = recording_to_import(cfg.recording, "mine") if cfg.uses_replay else None
+    try:
+        return cache, import_recording(cache, recording) if recording is not None else 0
+    except BaseException:
+        cache.close()
+        raise
+
+
+def log_start(cfg: MineConfig) -> None:
+    tracking.log_params(tracking.safe_params(cfg))
+    tracking.log_config(cfg)
+    tracking.set_tags(
+        {
+            "distill.stage": "mine",
+            "distill.teacher": cfg.teacher,
+            "distill.teacher_backend": cfg.teacher_backend,
+            "distill.student": cfg.student,
+            "distill.student_backend": cfg.student_backend,
+            "mine.accuracy.average": "micro, over answered samples (an unreadable answer is wrong)",
+            "mine.selection_rule": f"teacher right on most samples and student pass rate <= {cfg.pass_rate_threshold:g}",
+        }
+    )
+
+
+def register_prompts():
+    """Register (when changed) the answer and judge templates; their URIs, and the judge template."""
+    from distill.data.prompts import answer_template
+    from distill.llm.templates import load_template
+    from distill.prompt_registry import register_template
+
+    judge = load_template("judge")
+    uris = {
+        ANSWER_PROMPT_NAME: register_template(
+            ANSWER_PROMPT_NAME, answer_template(), tags={"stage": "mine", "empty_blocks": "left out"}
+        ),
+        JUDGE_PROMPT_NAME: register_template(
+            JUDGE_PROMPT_NAME, judge, tags={"stage": "mine", "verdict": "last line 판정: A|B|TIE"}
+        ),
+    }
+    return uris, judge
+
+
+def _gather(teacher, teacher_requests, student, student_requests):
+    from distill.llm.base import run_sync
+
+    async def both():
+        # Teacher (network) and student (often a local model in a worker thread) overlap.
+        return await asyncio.gather(teacher.generate_many(teacher_requests), student.generate_many(student_requests))
+
+    return run_sync(both)
+
+
+def ask(cfg: MineConfig, items: Sequence[MCQItem], teacher, student) -> dict[str, dict[str, list[Attempt]]]:
+    """Every teacher and student answer as an Attempt, by item id and role."""
+    from distill.mining import ROLES, answer_requests, attempt, generation_params
+
+    samples = {"teacher": cfg.teacher_samples, "student": cfg.student_samples}
+    requests = {role: answer_requests(items, role, samples[role], generation_params(cfg, role)) for role in samples}
+    responses = dict(zip(samples, _gather(teacher, requests["teacher"], student, requests["student"])))
+    attempts: dict[str, dict[str, list[Attempt]]] = {item.id: {role: [] for role in ROLES} for item in items}
+    for role, backend in (("teacher", teacher), ("student", student)):
+        for index, (request, response) in enumerate(zip(requests[role], responses[role])):
+            item = items[index // samples[role]]
+            attempts[item.id][role].append(attempt(item, role, backend.name, backend.model, request, response))
+    return attempts
+
+
+def judge(cfg: MineConfig, items: Sequence[MCQItem], teacher, attempts, decisions: dict[str, Decision], template):
+    """Let the teacher compare two correct reasonings of each selected item that has them; the
+    verdicts become judge attempts and move the golden path (`mining.apply_verdict`)."""
+    from distill.extraction import parse_judge_verdict
+    from distill.llm.base import run_sync
+    from distill.mining import (
+        apply_verdict,
+        generation_params,
+        judge_attempt,
+        judge_candidates,
+        judge_order_swapped,
+        judge_request,
+    )
+
+    pending = []
+    for item in items:
+        candidates = judge_candidates(decisions[item.id], attempts[item.id]["teacher"], attempts[item.id]["student"])
+        if candidates is None:
+            continue
+        swapped = judge_order_swapped(item.id)
+        first, second = (candidates[1], candidates[0]) if swapped else candidates
+        request = judge_request(item, template, first, second, generation_params(cfg, "judge"))
+        pending.append((item, candidates, swapped, request))
+    if not pending:
+        return
+    responses = run_sync(lambda: teacher.generate_many([request for *_, request in pending]))
+    for (item, candidates, swapped, request), response in zip(pending, responses):
+        verdict = parse_judge_verdict(response.text) if response.ok else None
+        attempts[item.id]["judge"].append(judge_attempt(item, teacher.name, teacher.model, request, response, verdict))
+        if response.ok:
+            decisions[item.id] = apply_verdict(decisions[item.id], candidates, swapped, verdict)
+
+
+def collect(
+    cfg: MineConfig,
+    items: Sequence[MCQItem],
+    teacher,
+    student,
+    *,
+    error_types: Mapping[str, str] | None = None,
+    judge_template=None,
+) -> MineResult:
+    """Ask, read the answers, select, judge: everything but MLflow and files."""
+    from distill.llm.templates import load_template
+    from distill.mining import ROLES, decide, hard_negative
+
+    attempts = ask(cfg, items, teacher, student)
+    decisions = {
+        item.id: decide(item, attempts[item.id]["teacher"], attempts[item.id]["student"], cfg.pass_rate_threshold)
+        for item in items
+    }
+    if cfg.judge == "on":
+        judge(cfg, items, teacher, attempts, decisions, judge_template or load_template("judge"))
+    error_types = error_types or {}
+    return MineResult(
+        attempts=[
+            a
+            for item in items
+            for role in ROLES
+            for a in sorted(attempts[item.id][role], key=lambda a: a.sample_index)
+        ],
+        hard_negatives=[
+            hard_negative(item, decisions[item.id], attempts[item.id]["student"], error_types.get(item.id))
+            for item in items
+            if decisions[item.id].selected
+        ],
+        decisions=[decisions[item.id] for item in items],
+    )
+
+
+def write_outputs(result: MineResult, output_dir: Path):
+    """attempts.parquet and hard_negatives.jsonl through the contracts; (frame, attempts path, hard negatives path)."""
+    from distill.contracts import attempts_frame, write_hard_negatives
+    from distill.io import atomic_path
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    frame = attempts_frame(result.attempts)
+    attempts_path = output_dir / ATTEMPTS_FILE
+    with atomic_path(attempts_path) as tmp:
+        frame.to_parquet(tmp, index=False)
+    return frame, attempts_path, write_hard_negatives(output_dir / HARD_NEGATIVES_FILE, result.hard_negatives)
+
+
+def log_datasets(cfg: MineConfig, items: Sequence[MCQItem], result: MineResult, frame, paths) -> None:
+    """The seeds as the run's input; the hard negatives and the attempts as its outputs."""
+    from distill.data.loaders import items_digest
+    from distill.mining import hard_negatives_frame, items_frame
+
+    attempts_path, hard_negatives_path = paths
+    seeds = Path(cfg.seeds_path())
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
+        tracking.log_dataset(
+            items_frame(items),
+            name=seeds.stem,
+            source=str(seeds.resolve()),
+            context="seeds",
+            digest=items_digest(items)[:16],
+            targets="answer",
+        )
+        tracking.log_dataset(
+            hard_negatives_frame(result.hard_negatives),
+            name=hard_negatives_path.stem,
+            source=str(hard_negatives_path.resolve()),
+            context="hard_negatives",
+            digest=tracking.rows_digest(negative.to_dict() for negative in result.hard_negatives),
+            tags=OUTPUT_TAGS,
+        )
+        tracking.log_dataset(
+            frame.astype({"choice": "float64"}),
+            name=attempts_path.stem,
+            source=str(attempts_path.resolve()),
+            context="attempts",
+            digest=tracking.rows_digest(a.to_dict() for a in result.attempts),
+            tags=OUTPUT_TAGS,
+        )
+
+
+def record(cfg: MineConfig, items, result: MineResult, usages: Mapping[str, Any], imported: int, started: float):
+    """Write the outputs, log metrics, artifacts and datasets; (frame, paths, metrics, summary)."""
+    from distill.io import write_text_atomic
+    from distill.llm.roles import usage_metrics, usage_summary
+    from distill.mining import mine_metrics, summary_text
+
+    output_dir = Path(cfg.output_dir)
+    frame, *paths = write_outputs(result, output_dir)
+    metrics = mine_metrics(items, result.attempts, result.decisions) | usage_metrics(usages)
+    metrics["mine/recording_imported"] = float(imported)
+    metrics["mine/wall_s"] = time.perf_counter() - started
+    tracking.log_metrics(metrics)
+    usage_lines = [f"{role}: {usage_summary(usage)}" for role, usage in usages.items()]
+    summary = summary_text(cfg, items, result.decisions, metrics, usage_lines)
+    summary_path = write_text_atomic(output_dir / SUMMARY_FILE, summary + "\n")
+    for path in (*paths, summary_path):
+        tracking.log_artifact(path, ARTIFACT_DIR)
+    log_datasets(cfg, items, result, frame, paths)
+    return frame, paths, metrics, summary
+
+
+def run(cfg: MineConfig) -> MineOutputs:
+    """Load seeds, ask teacher and student, select hard negatives, log everything, print a summary."""
+    from distill.llm.roles import BackendSettings, role_backend
+    from distill.mining import read_error_types
+    from distill.prompt_registry import log_prompt_versions
+
+    started = time.perf_counter()
+    items = load_seed_items(cfg)  # bad input fails before MLflow is even imported
+    error_types = read_error_types(cfg.error_types_path())
+    tracking.configure(cfg.experiment, "mine")
+    cache, imported = open_cache(cfg)
+    backends: list[Any] = []
+    try:
+        settings = BackendSettings.of(cfg)
+        for role in ("teacher", "student"):
+            kind, model = getattr(cfg, f"{role}_backend"), getattr(cfg, role)
+            backends.append(role_backend(kind, model, cache=cache, settings=settings))
+        teacher, student = backends
+        with tracking.start_run(run_name=f"mine {cfg.teacher} vs {Path(cfg.student).name}") as active:
+            log_start(cfg)
+            prompts, judge_template = register_prompts()
+            log_prompt_versions(prompts.values())
+            result = collect(cfg, items, teacher, student, error_types=error_types, judge_template=judge_template)
+            usages = {"teacher": teacher.usage, "student": student.usage}
+            frame, (attempts_path, hard_negatives_path), metrics, summary = record(
+                cfg, items, result, usages, imported, started
+            )
+    finally:
+        for backend in backends:
+            backend.close()
+        cache.close()
+
+    print()
+    print(summary)
+    print(
+        f"wrote {hard_negatives_path} ({len(result.hard_negatives)} hard negatives) and {attempts_path} ({len(frame)} attempts)"
+    )
+    print(f"run {active.info.run_id}  ·  prompts {', '.join(prompts.values())}  ·  {metrics['mine/wall_s']:.1f} s")
+    return MineOutputs(
+        run_id=active.info.run_id,
+        attempts=frame,
+        hard_negatives=result.hard_negatives,
+        decisions=result.decisions,
+        metrics=metrics,
+        usage={role: usage.as_dict() for role, usage in usages.items()},
+        prompts=prompts,
+        output_dir=Path(cfg.output_dir),
+        attempts_path=attempts_path,
+        hard_negatives_path=hard_negatives_path,
+        wall_s=metrics["mine/wall_s"],
+    )

@@ -1,0 +1,701 @@
+"""The `register` stage: the best trained adapter, tested once against its base, registered past a gate.
+
+1. Choose the candidate: a run named by `run_id`; else the best run by `metric` among the
+   children of a sweep's parent run (`sweep_run`) or among the finished train runs of an
+   experiment. Selection metrics come from training and the dev split; `eval/*`, `base/*` and
+   `compare/*` are refused, because the test split must not choose the model it then judges.
+2. Score the candidate's adapter on the test split (the eval dataset) and the base model on the
+   same items (through the base-evaluation cache training fills, `distill.eval_cache`, so a
+   base scored once is never scored again); or reuse an `evaluate` run's predictions of this
+   adapter (`predictions_run`, what the pipeline does). Paired comparison: Δ accuracy, exact
+   McNemar p, bootstrap CI.
+3. The gate (`gate=mcnemar`): accuracy gain > 0 and McNemar p < `alpha`. `gate=none` registers
+   regardless. Past the gate the adapter becomes a new version of `model_name`
+   (default `distill-student`) and the alias (default `champion`) moves to it; older versions
+   stay. The version carries tags: the test metrics and p-value, the base model, the dataset
+   digests, the prompt versions found along the candidate's lineage, the source run.
+4. A refusal is a normal outcome, not an error: the run is tagged
+   `distill.register.decision=refused` with the reason, the summary says why, and the process
+   exits 0, so a pipeline or a scheduled job goes on (and reports) instead of crashing; nothing
+   is registered and the alias stays where it was.
+5. Reports on the register run: `report/report.md` (the reference study's per-subject table
+   and the overall paired test), `report/subjects.html` (plotly, base vs trained, accuracy and
+   macro-F1), plus the usual evaluation and comparison artifacts.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from distill import tracking
+from distill.errors import ConfigError
+
+GATES = ("mcnemar", "none")
+TEST_SPLIT_PREFIXES = ("eval/", "base/", "compare/")
+_RUN_URI = re.compile(r"runs:/([0-9a-f]{32})/")
+
+
+@dataclass
+class RegisterConfig:
+    """Register the best trained adapter as the champion, if it beats its base on the test split."""
+
+    run_id: str | None = field(
+        default=None,
+        metadata={
+            "help": "The train run to register. Empty: the best run by `metric` under sweep_run, or in source_experiment."
+        },
+    )
+    sweep_run: str | None = field(
+        default=None, metadata={"help": "A sweep's parent run id: choose among its trials (child runs)."}
+    )
+    source_experiment: str | None = field(
+        default=None,
+        metadata={
+            "help": "Experiment whose finished train runs are the candidates when neither run_id nor sweep_run is given (default distill-train)."
+        },
+    )
+    metric: str = field(
+        default="dev/macro_f1",
+        metadata={
+            "help": "Metric that picks the best candidate (a dev or train metric; eval/*, base/*, compare/* are the test split and are refused)."
+        },
+    )
+    direction: str = field(default="maximize", metadata={"help": "maximize or minimize `metric`."})
+    dataset: str | None = field(
+        default=None,
+        metadata={
+            "help": "Test split: items scored once, adapter against base. Empty: the candidate's eval_dataset, else the bundled eval sample."
+        },
+    )
+    format: str = field(
+        default="auto", metadata={"help": "Format of dataset: auto, competition, kice, kmmlu or jsonl."}
+    )
+    predictions_run: str | None = field(
+        default=None,
+        metadata={
+            "help": "An evaluate run that already scored this adapter on this dataset: use its predictions instead of scoring again."
+        },
+    )
+    gate: str = field(
+        default="mcnemar",
+        metadata={
+            "help": "mcnemar: register only when accuracy gains (> 0) and McNemar p < alpha; none: register regardless."
+        },
+    )
+    alpha: float = field(default=0.05, metadata={"help": "Significance level of the gate's McNemar test."})
+    model_name: str = field(default="distill-student", metadata={"help": "Registered model name."})
+    alias: str = field(
+        default="champion", metadata={"help": "Alias the new version receives (moved from the previous one)."}
+    )
+    batch_size: int = field(default=8, metadata={"help": "Items per forward pass when scoring."})
+    bootstrap_samples: int = field(
+        default=2000, metadata={"help": "Bootstrap resamples for the CI of the accuracy difference."}
+    )
+    seed: int = field(default=0, metadata={"help": "Seed of the bootstrap."})
+    experiment: str | None = field(
+        default=None, metadata={"help": "MLflow experiment of the register run (default distill-train)."}
+    )
+    output_dir: str = field(
+        default="outputs/register",
+        metadata={"help": "Local folder for predictions, comparison and report (also logged as artifacts)."},
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("run_id", "sweep_run", "source_experiment", "dataset", "predictions_run", "experiment"):
+            value = getattr(self, name)
+            if isinstance(value, str) and not value.strip():
+                setattr(self, name, None)
+        self.gate = str(self.gate).strip().lower()
+        if self.gate not in GATES:
+            raise ConfigError(f"gate must be mcnemar or none, got {self.gate!r}")
+        self.direction = str(self.direction).strip().lower()
+        if self.direction not in ("maximize", "minimize"):
+            raise ConfigError(f"direction must be maximize or minimize, got {self.direction!r}")
+        if not 0.0 < self.alpha <= 1.0:
+            raise ConfigError(f"alpha must be in (0, 1], got {self.alpha}")
+        if self.run_id and self.sweep_run:
+            raise ConfigError("give run_id or sweep_run, not both")
+        if self.metric.startswith(TEST_SPLIT_PREFIXES):
+            raise ConfigError(
+                f"metric {self.metric!r} is measured on the test split; choose the candidate by a dev metric (e.g. dev/macro_f1)"
+            )
+        for name in ("batch_size", "bootstrap_samples"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1")
+        if not self.model_name.strip() or not self.alias.strip():
+            raise ConfigError("model_name and alias must not be empty")
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    passed: bool
+    reason: str
+
+
+@dataclass
+class RegisterOutputs:
+    run_id: str
+    candidate_run_id: str
+    registered: bool
+    version: str | None
+    decision: GateDecision
+    comparison: dict[str, float]
+    metrics: dict[str, float]
+    report_dir: Path
+    wall_s: float
+    summary: str
+
+
+# --------------------------------------------------------------------------------------------
+# Pure decisions
+
+
+def gate_decision(comparison: Mapping[str, float], *, gate: str, alpha: float) -> GateDecision:
+    """Register or not, and why, from the paired comparison (new minus base)."""
+    delta = float(comparison["compare/delta_accuracy"])
+    p = float(comparison["compare/mcnemar_p"])
+    facts = f"Δ accuracy {delta:+.4f}, McNemar p = {p:.4g}"
+    if gate == "none":
+        return GateDecision(True, f"gate=none: registered without a test ({facts})")
+    if not delta > 0:
+        return GateDecision(
+            False, f"no accuracy gain over the base model ({facts}); the gate needs Δ > 0 and p < {alpha:g}"
+        )
+    if not p < alpha:
+        return GateDecision(False, f"gain not significant ({facts}); the gate needs p < {alpha:g}")
+    return GateDecision(True, f"gain significant ({facts} < {alpha:g})")
+
+
+def choose_best(candidates: Sequence[tuple[str, float]], direction: str) -> tuple[str, float]:
+    """(run id, value) with the best finite value; ties go to the earlier candidate."""
+    finite = [(run_id, value) for run_id, value in candidates if value is not None and math.isfinite(value)]
+    if not finite:
+        raise ConfigError("no candidate run has a finite value of the selection metric")
+    sign = -1.0 if direction == "maximize" else 1.0
+    return min(finite, key=lambda kv: sign * kv[1])
+
+
+def referenced_runs(values: Sequence[str]) -> list[str]:
+    """Run ids named by `runs:/<id>/...` URIs inside param or tag values."""
+    found: list[str] = []
+    for value in values:
+        for run_id in _RUN_URI.findall(str(value)):
+            if run_id not in found:
+                found.append(run_id)
+    return found
+
+
+# --------------------------------------------------------------------------------------------
+# MLflow edges
+
+
+def _candidates(client, cfg: RegisterConfig) -> tuple[list[Any], str]:
+    """(finished candidate runs with an adapter, where they came from)."""
+    if cfg.run_id:
+        try:
+            return [client.get_run(cfg.run_id)], f"run {cfg.run_id}"
+        except Exception:
+            raise ConfigError(f"run_id {cfg.run_id!r} is not a run in the tracking store") from None
+    if cfg.sweep_run:
+        try:
+            parent = client.get_run(cfg.sweep_run)
+        except Exception:
+            raise ConfigError(f"sweep_run {cfg.sweep_run!r} is not a run in the tracking store") from None
+        runs = client.search_runs(
+            [parent.info.experiment_id],
+            filter_string=f"tags.mlflow.parentRunId = '{cfg.sweep_run}' AND attributes.status = 'FINISHED'",
+            max_results=5000,
+        )
+        return runs, f"trials of sweep run {cfg.sweep_run}"
+    name = cfg.source_experiment or "distill-train"
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        raise ConfigError(f"experiment {name!r} does not exist; train first, or name run_id or sweep_run")
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string="tags.`distill.stage` = 'train' AND attributes.status = 'FINISHED'",
+        max_results=5000,
+    )
+    return runs, f"train runs of experiment {name!r}"
+
+
+def _pick_candidate(client, cfg: RegisterConfig):
+    runs, source = _candidates(client, cfg)
+    usable = [r for r in runs if r.data.tags.get("train/model_uri")]
+    if not usable:
+        raise ConfigError(f"no finished train run with an adapter among the {source}")
+    if cfg.run_id:
+        run = usable[0]
+        return run, source, run.data.metrics.get(cfg.metric)
+    scored = [(r.info.run_id, r.data.metrics.get(cfg.metric)) for r in sorted(usable, key=lambda r: r.info.start_time)]
+    if all(value is None for _, value in scored):
+        raise ConfigError(f"none of the {source} has the metric {cfg.metric!r}")
+    best_id, value = choose_best(scored, cfg.direction)
+    return (
+        next(r for r in usable if r.info.run_id == best_id),
+        f"best of {len(usable)} {source} by {cfg.metric}",
+        value,
+    )
+
+
+def lineage_prompts(client, run, depth: int = 4) -> list[str]:
+    """Prompt versions (`prompts` tags) of a run and of the runs its params/tags point to."""
+    seen: set[str] = set()
+    prompts: list[str] = []
+
+    def visit(current, level: int) -> None:
+        if current.info.run_id in seen:
+            return
+        seen.add(current.info.run_id)
+        for uri in str(current.data.tags.get("prompts", "")).split(","):
+            if uri.strip() and uri.strip() not in prompts:
+                prompts.append(uri.strip())
+        if level >= depth:
+            return
+        values = list(current.data.params.values()) + list(current.data.tags.values())
+        for run_id in referenced_runs(values):
+            try:
+                visit(client.get_run(run_id), level + 1)
+            except Exception:
+                continue
+
+    visit(run, 0)
+    return sorted(prompts)
+
+
+def dataset_tags(run) -> dict[str, str]:
+    """`dataset.<context>.<name>` = digest for each dataset the run logged with log_input."""
+    tags: dict[str, str] = {}
+    for dataset_input in getattr(run.inputs, "dataset_inputs", None) or []:
+        context = next((t.value for t in dataset_input.tags if t.key == "mlflow.data.context"), "input")
+        dataset = dataset_input.dataset
+        tags[f"dataset.{context}.{dataset.name}"[:250]] = dataset.digest
+    return tags
+
+
+def _check_predictions_run(client, predictions_run: str, *, adapter_uris: Sequence[str], student: str) -> None:
+    try:
+        run = client.get_run(predictions_run)
+    except Exception:
+        raise ConfigError(f"predictions_run {predictions_run!r} is not a run in the tracking store") from None
+    params = run.data.params
+    if params.get("adapter") not in adapter_uris:
+        raise ConfigError(
+            f"predictions_run {predictions_run} scored adapter {params.get('adapter')!r}, not the candidate's ({adapter_uris[0]})"
+        )
+    if params.get("model") not in (student, None):
+        raise ConfigError(
+            f"predictions_run {predictions_run} scored model {params.get('model')!r}, not the candidate's base {student!r}"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# The stage
+
+
+@dataclass
+class Candidate:
+    """The train run to register, and how its adapter was trained and scored."""
+
+    run: Any
+    selection: str
+    """How it was chosen (a run named, or the best of which runs by which metric)."""
+    selection_value: float | None
+    student: str
+    model_uri: str
+    """`runs:/<id>/adapter`."""
+    register_uri: str
+    """What to register: the logged model URI when the run recorded one."""
+    thinking: str
+    dtype: str
+    load_in_4bit: bool
+
+    @property
+    def run_id(self) -> str:
+        return self.run.info.run_id
+
+
+@dataclass
+class TestScores:
+    """The candidate and its base on the test split, and the paired comparison."""
+
+    adapter: Any
+    """`distill.evaluation.EvalResult` of the adapter."""
+    base: Any
+    """`distill.eval_cache.CachedEval` of the base model."""
+    scored_now: bool
+    """False when the adapter's predictions came from `predictions_run`."""
+    comparison: dict[str, float]
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        base = {"base/" + k[len("eval/") :]: v for k, v in self.base.result.metrics.items()}
+        return {**self.adapter.metrics, **base, **self.comparison}
+
+
+def run(cfg: RegisterConfig) -> RegisterOutputs:
+    """Choose, test, gate, register (or refuse), report."""
+    started = time.perf_counter()
+    tracking.configure(cfg.experiment, "register")
+    client = tracking.client()
+    candidate = choose_candidate(client, cfg)
+    dataset, items = load_test_split(cfg, candidate)
+    if cfg.predictions_run:
+        _check_predictions_run(
+            client,
+            cfg.predictions_run,
+            adapter_uris=(candidate.model_uri, candidate.register_uri),
+            student=candidate.student,
+        )
+    with tracking.start_run(run_name=f"register {cfg.model_name} ← {candidate.run_id[:8]}") as active:
+        run_id = active.info.run_id
+        out_dir = Path(cfg.output_dir) / run_id
+        log_run_inputs(cfg, candidate, dataset, items)
+        scores = score_test_split(cfg, candidate, items)
+        log_scores(cfg, scores, out_dir)
+        decision = gate_decision(scores.comparison, gate=cfg.gate, alpha=cfg.alpha)
+        version, previous = None, None
+        if decision.passed:
+            version, previous = register_version(client, cfg, candidate, decision, scores, run_id, dataset, items)
+        else:
+            tracking.set_tags({"distill.register.decision": "refused"})
+        tracking.set_tags({"distill.register.reason": decision.reason[:5000]})
+        log_report(cfg, candidate, scores, dataset, version, decision, out_dir)
+        wall_s = time.perf_counter() - started
+        tracking.log_metrics({"register/wall_s": wall_s})
+        summary = summary_text(
+            cfg, candidate, scores, decision, version, previous, run_id=run_id, dataset=dataset, wall_s=wall_s
+        )
+        log_outcome(summary, decision, version, candidate, scores, out_dir)
+    print()
+    print(summary)
+    return RegisterOutputs(
+        run_id=run_id,
+        candidate_run_id=candidate.run_id,
+        registered=version is not None,
+        version=version,
+        decision=decision,
+        comparison=scores.comparison,
+        metrics=scores.metrics,
+        report_dir=out_dir / "report",
+        wall_s=wall_s,
+        summary=summary,
+    )
+
+
+def choose_candidate(client, cfg: RegisterConfig) -> Candidate:
+    """The candidate train run and what its params say about its adapter."""
+    run_, selection, value = _pick_candidate(client, cfg)
+    params, tags = run_.data.params, run_.data.tags
+    student = params.get("student")
+    if not student:
+        raise ConfigError(f"run {run_.info.run_id} has no 'student' param: is it a distill train run?")
+    model_uri = tags["train/model_uri"]
+    return Candidate(
+        run=run_,
+        selection=selection,
+        selection_value=value,
+        student=student,
+        model_uri=model_uri,
+        register_uri=tags.get("train/logged_model_uri") or model_uri,
+        thinking=params.get("thinking", "off"),
+        dtype=params.get("dtype", "auto"),
+        load_in_4bit=str(params.get("load_in_4bit_resolved", "False")).lower() == "true",
+    )
+
+
+def load_test_split(cfg: RegisterConfig, candidate: Candidate) -> tuple[str, list[Any]]:
+    """(dataset path, items): `dataset`, else the candidate's eval_dataset, else the bundled sample."""
+    from distill.data.loaders import load_items
+    from distill.resources import resource_path
+
+    dataset = cfg.dataset or candidate.run.data.params.get("eval_dataset") or str(resource_path("eval_sample.jsonl"))
+    if not cfg.dataset and not Path(dataset).is_file():
+        raise ConfigError(
+            f"the candidate's eval_dataset {dataset!r} is not on this machine; name the test split with -P dataset=..."
+        )
+    items = load_items(dataset, cfg.format, require_answer=True)
+    if not items:
+        raise ConfigError(f"dataset {dataset} has no items")
+    return dataset, items
+
+
+def log_run_inputs(cfg: RegisterConfig, candidate: Candidate, dataset: str, items: list[Any]) -> None:
+    """Params, config.yaml, tags, the selection metric, the test split as a dataset input."""
+    from distill.evaluation import log_items_dataset
+
+    tracking.log_params({**tracking.safe_params(cfg), "candidate_run": candidate.run_id, "resolved_dataset": dataset})
+    tracking.log_config(cfg)
+    tracking.set_tags(
+        {
+            "distill.stage": "register",
+            "distill.register.candidate_run": candidate.run_id,
+            "distill.register.selection": candidate.selection,
+            "distill.register.gate": cfg.gate,
+            "distill.register.alpha": str(cfg.alpha),
+            "distill.student": candidate.student,
+        }
+    )
+    if candidate.selection_value is not None:
+        tracking.log_metrics({f"candidate/{cfg.metric}": float(candidate.selection_value)})
+    log_items_dataset(items, source=dataset, name=Path(dataset).stem, context="test")
+
+
+def score_test_split(cfg: RegisterConfig, candidate: Candidate, items: list[Any]) -> TestScores:
+    """The adapter on the test split (scored now, or `predictions_run`'s predictions), the base
+    through the evaluation cache training filled (scored only on a miss), and their comparison."""
+    from distill.eval_cache import cached_base_eval
+    from distill.evaluation import (
+        check_same_items,
+        compare_predictions,
+        evaluate_items,
+        load_run_predictions,
+        result_from_predictions,
+    )
+    from distill.models import dtype_name, load_student, pick_device, resolve_model_path
+    from distill.training import free_memory
+
+    device = pick_device(None)
+    loaded: list[tuple[Any, Any]] = []
+
+    def load() -> tuple[Any, Any]:
+        # The adapter's model, loaded at most once: the base is the same model with the adapter off.
+        if not loaded:
+            loaded.append(
+                load_student(
+                    candidate.student,
+                    adapter=candidate.model_uri,
+                    device=device,
+                    dtype=candidate.dtype,
+                    load_in_4bit=candidate.load_in_4bit,
+                )
+            )
+        return loaded[0]
+
+    if cfg.predictions_run:
+        predictions = load_run_predictions(cfg.predictions_run, role="predictions_run")
+        check_same_items(
+            [i.id for i in items],
+            list(map(str, predictions["id"])),
+            base_name="the test split",
+            new_name=f"predictions_run {cfg.predictions_run}",
+        )
+        adapter = result_from_predictions(predictions)
+    else:
+        model, tokenizer = load()
+        adapter = evaluate_items(model, tokenizer, items, thinking=candidate.thinking, batch_size=cfg.batch_size)
+        del model, tokenizer
+    base = cached_base_eval(
+        items,
+        load=load,
+        student=candidate.student,
+        student_path=resolve_model_path(candidate.student),
+        thinking=candidate.thinking,
+        load_in_4bit=candidate.load_in_4bit,
+        dtype=dtype_name(device, candidate.dtype),
+        batch_size=cfg.batch_size,
+    )
+    loaded.clear()
+    free_memory()
+    comparison = compare_predictions(
+        base.result.predictions, adapter.predictions, n_boot=cfg.bootstrap_samples, seed=cfg.seed
+    )
+    return TestScores(adapter=adapter, base=base, scored_now=not cfg.predictions_run, comparison=comparison)
+
+
+def log_scores(cfg: RegisterConfig, scores: TestScores, out_dir: Path) -> None:
+    """Both evaluations, the comparison, and where each side's predictions came from."""
+    from distill.evaluation import log_comparison, log_eval_result
+
+    base = scores.base.result
+    log_eval_result(scores.adapter, prefix="eval", artifact_dir="evaluation", local_dir=out_dir / "evaluation")
+    log_eval_result(base, prefix="base", artifact_dir="evaluation_base", local_dir=out_dir / "evaluation_base")
+    log_comparison(
+        scores.comparison,
+        base.predictions,
+        scores.adapter.predictions,
+        base_label="base",
+        new_label="candidate",
+        n_boot=cfg.bootstrap_samples,
+        seed=cfg.seed,
+        local_dir=out_dir / "comparison",
+    )
+    tracking.set_tags(
+        {
+            "base.cache": "hit" if scores.base.hit else "miss",
+            "base.cache_file": str(scores.base.path),
+            "eval.scored": "now" if scores.scored_now else f"predictions_run {cfg.predictions_run}",
+        }
+    )
+
+
+def register_version(
+    client,
+    cfg: RegisterConfig,
+    candidate: Candidate,
+    decision: GateDecision,
+    scores: TestScores,
+    run_id: str,
+    dataset: str,
+    items: list[Any],
+) -> tuple[str, str | None]:
+    """(new version, previous champion's version or None): register, move the alias, describe it."""
+    try:
+        previous = client.get_model_version_by_alias(cfg.model_name, cfg.alias).version
+    except Exception:
+        previous = None
+    tags = version_tags(client, cfg, candidate, decision, scores, run_id, dataset, items)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        registered = tracking.register_model(candidate.register_uri, cfg.model_name, tags=tags)
+    version = str(registered.version)
+    client.set_registered_model_alias(cfg.model_name, cfg.alias, version)
+    client.update_model_version(
+        cfg.model_name,
+        version,
+        description=f"Adapter of run {candidate.run_id} on {candidate.student}. Test split {Path(dataset).name} "
+        f"({len(items)} items): {decision.reason}.",
+    )
+    tracking.set_tags(
+        {
+            "distill.register.decision": "registered",
+            "distill.register.version": version,
+            "distill.register.model": f"models:/{cfg.model_name}/{version}",
+            "distill.register.previous_champion": previous or "",
+        }
+    )
+    return version, previous
+
+
+def version_tags(
+    client,
+    cfg: RegisterConfig,
+    candidate: Candidate,
+    decision: GateDecision,
+    scores: TestScores,
+    run_id: str,
+    dataset: str,
+    items: list[Any],
+) -> dict[str, str]:
+    """The new version's tags: lineage, gate, test metrics and p-value, dataset digests, prompts."""
+    from distill.data.loaders import items_digest
+    from distill.models import resolve_model_path
+
+    metrics, comparison, run_tags = scores.metrics, scores.comparison, candidate.run.data.tags
+    tags = {
+        "distill.source_run": candidate.run_id,
+        "distill.register_run": run_id,
+        "distill.selection": candidate.selection,
+        "base_model": candidate.student,
+        "base_model_path": resolve_model_path(candidate.student),
+        "adapter": candidate.model_uri,
+        "gate": cfg.gate,
+        "alpha": str(cfg.alpha),
+        "gate.reason": decision.reason[:5000],
+        "test_dataset": dataset,
+        "test_dataset.digest": items_digest(items),
+        "prompts": ",".join(lineage_prompts(client, candidate.run)) or "-",
+    }
+    for name in ("eval/accuracy", "eval/macro_f1", "eval/n", "base/accuracy", "base/macro_f1"):
+        tags[name.replace("/", ".")] = f"{metrics[name]:.6g}"
+    for name in ("delta_accuracy", "mcnemar_p", "delta_ci_low", "delta_ci_high", "n_fixed", "n_broken"):
+        tags[f"compare.{name}"] = f"{comparison['compare/' + name]:.6g}"
+    if candidate.selection_value is not None:
+        tags[f"selection.{cfg.metric}".replace("/", ".")] = f"{candidate.selection_value:.6g}"
+    if run_tags.get("distill.sweep.parent_run"):
+        tags["distill.sweep_run"] = run_tags["distill.sweep.parent_run"]
+    tags.update(dataset_tags(candidate.run))
+    return tags
+
+
+def log_report(
+    cfg: RegisterConfig,
+    candidate: Candidate,
+    scores: TestScores,
+    dataset: str,
+    version: str | None,
+    decision: GateDecision,
+    out_dir: Path,
+) -> None:
+    """report/report.md, subjects.html and subjects.csv: base vs trained per subject, and the outcome."""
+    from distill.reports import log_report as log_subject_report
+
+    title = f"{candidate.student}: base vs trained adapter (run {candidate.run_id[:8]}) on {Path(dataset).name}"
+    outcome_note = (
+        f"Registered as {cfg.model_name} version {version}, alias {cfg.alias}."
+        if version
+        else f"Not registered: {decision.reason}."
+    )
+    log_subject_report(
+        out_dir / "report",
+        scores.base.result.predictions,
+        scores.adapter.predictions,
+        scores.comparison,
+        base_label="base",
+        new_label="trained",
+        title=title,
+        alpha=cfg.alpha if cfg.gate != "none" else None,
+        notes=["", outcome_note],
+    )
+
+
+def log_outcome(
+    summary: str, decision: GateDecision, version: str | None, candidate: Candidate, scores: TestScores, out_dir: Path
+) -> None:
+    """summary.txt and decision.json on the run."""
+    from distill.io import write_text_atomic
+
+    tracking.log_artifact(write_text_atomic(out_dir / "summary.txt", summary + "\n"))
+    tracking.log_dict(
+        {
+            "decision": "registered" if version else "refused",
+            "reason": decision.reason,
+            "version": version,
+            "candidate_run": candidate.run_id,
+            "comparison": scores.comparison,
+        },
+        "decision.json",
+    )
+
+
+def summary_text(
+    cfg: RegisterConfig,
+    candidate: Candidate,
+    scores: TestScores,
+    decision: GateDecision,
+    version: str | None,
+    previous: str | None,
+    *,
+    run_id: str,
+    dataset: str,
+    wall_s: float,
+) -> str:
+    """The closing screen of a register run."""
+    from distill.reports import subject_rows
+
+    overall = subject_rows(scores.base.result.predictions, scores.adapter.predictions)[-1]
+    comparison = scores.comparison
+    value = f" ({cfg.metric}={candidate.selection_value:.4f})" if candidate.selection_value is not None else ""
+    lines = [
+        f"register  candidate run {candidate.run_id}: {candidate.selection}{value}",
+        f"test      {Path(dataset).name}, {overall['n']} items: {overall['base_correct']} → {overall['new_correct']} correct "
+        f"(accuracy {overall['base_accuracy']:.3f} → {overall['new_accuracy']:.3f}, macro-F1 {overall['base_macro_f1']:.3f} → {overall['new_macro_f1']:.3f}); "
+        f"Δ {comparison['compare/delta_accuracy']:+.3f} [{comparison['compare/delta_ci_low']:+.3f}, {comparison['compare/delta_ci_high']:+.3f}], "
+        f"McNemar p={comparison['compare/mcnemar_p']:.3g}  (base {'from cache' if scores.base.hit else 'scored now'})",
+    ]
+    if version:
+        moved = f" (moved from version {previous})" if previous else ""
+        lines.append(
+            f"decision  REGISTERED {cfg.model_name} version {version}, alias {cfg.alias}{moved}: {decision.reason}"
+        )
+    else:
+        lines.append(f"decision  REFUSED, nothing registered: {decision.reason}")
+    lines.append(f"run       {run_id}  ·  report in report/report.md  ·  {wall_s:.1f} s")
+    return "\n".join(lines)

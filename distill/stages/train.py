@@ -1,0 +1,680 @@
+"""The `train` stage: ORPO with LoRA on preference pairs; adapter logged and evaluated in ONE MLflow run.
+
+What one run does, in order (each a step of `run`):
+1. prepare: reads and checks the pairs (`distill.pairs`), holds out a dev split (whole seed
+   groups, stratified by subject) and subsamples `n_pairs` of the rest (the dev split does not
+   move when `n_pairs` does); renders each pair for TRL and drops or truncates over-long pairs
+   (`overlong`), counting them (`data/n_overlong`, `data/n_dropped`, `data/n_truncated`); see
+   `distill.training` for the *Thinking* decision and over-long pairs;
+2. train: a LoRA adapter with TRL's ORPO (`distill.orpo_trainer.SafeORPOTrainer`: a finite
+   odds-ratio term, a prompt-length bound, and, unless `prompt_loss=true`, the NLL term on the
+   chosen completion only, as in the ORPO paper: TRL's own NLL also covers the prompt, which
+   on long passages drowns the few answer tokens), on the backend the machine allows:
+   - `unsloth`: CUDA and Unsloth importable: Unsloth's loader (4-bit unless `load_in_4bit=false`)
+     and its `get_peft_model`;
+   - `qlora`: 4-bit NF4 through bitsandbytes (`load_student(load_in_4bit=True)`); TRL then
+     runs peft's `prepare_model_for_kbit_training` and wraps the model with the LoRA config;
+   - `lora`: plain LoRA, fp32 on CPU (bf16/fp16 on a GPU without bitsandbytes).
+   The tag `train/backend` says which ran, `train/backend_notes` why the others did not;
+3. score: reloads the saved adapter the way every later stage will (`load_student(student,
+   adapter=dir)`) and measures, on that one model: dev metrics with the adapter (`dev/*`) and
+   without it (`base_dev/*`): preference accuracy and mean chosen-minus-rejected log-prob
+   margin on the dev pairs, MCQ logit accuracy and macro-F1 on their problems; then the eval
+   set with the adapter (`eval/*`) and without (`base/*`, cached on disk across runs and shared
+   with `register`: `distill.eval_cache`) and the paired comparison (`compare/*`). A sweep
+   optimises `dev/*`, never the eval set;
+4. log: the adapter as a pyfunc model (`distill.adapter_model`), name `adapter`, so that
+   `runs:/<run_id>/adapter` loads with `load_student(student, adapter=...)` or
+   `mlflow.pyfunc.load_model`; then the one-screen summary.
+
+Under `accelerate launch` every process trains its shard of each batch (DDP); only rank 0 opens
+the MLflow run, saves the adapter, evaluates and logs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from distill import tracking
+from distill.errors import ConfigError
+from distill.training import (
+    Backend,
+    OverlongReport,
+    TrainResult,
+    decide_backend,
+    dev_curve_callback,
+    dev_metrics,
+    distributed_rank,
+    free_memory,
+    handle_overlong,
+    load_for_training,
+    measure_lengths,
+    parse_target_modules,
+    preference_rows,
+    train_orpo,
+)
+
+TRI_STATE = ("auto", "true", "false")
+OVERLONG_MODES = ("drop", "truncate")
+
+
+@dataclass
+class TrainConfig:
+    """Train a LoRA adapter with ORPO on preference pairs; log, evaluate and compare it in MLflow."""
+
+    student: str = field(
+        default="tiny-qwen3",
+        metadata={
+            "help": "Base model: a Hugging Face id, a local directory, or tiny-qwen3[@seed] (built locally, no download)."
+        },
+    )
+    pairs: str | None = field(
+        default=None,
+        metadata={
+            "help": "Preference pairs: a .jsonl file, a folder with pairs.jsonl or a saved HF dataset, or an MLflow URI (runs:/<id>/pairs). Empty: the bundled example pairs."
+        },
+    )
+    n_pairs: int | None = field(
+        default=None,
+        metadata={
+            "help": "Train on this many pairs, drawn per subject in proportion (seeded), after the dev split. Empty or 0: all."
+        },
+    )
+    beta: float = field(
+        default=0.1, metadata={"help": "ORPO's λ: weight of the odds-ratio term against the NLL of the chosen answer."}
+    )
+    prompt_loss: bool = field(
+        default=False,
+        metadata={
+            "help": "false: ORPO's NLL term covers the chosen completion only (the paper's L_SFT); true: prompt + completion (TRL's default)."
+        },
+    )
+    lora_rank: int = field(default=16, metadata={"help": "LoRA rank r."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (the update is scaled by alpha / r)."})
+    lora_dropout: float = field(
+        default=0.05,
+        metadata={"help": "Dropout on the LoRA input (the base model's own dropout is left as configured)."},
+    )
+    target_modules: str = field(
+        default="all-linear",
+        metadata={"help": "Modules that get LoRA: 'all-linear', or a comma list such as q_proj,k_proj,v_proj,o_proj."},
+    )
+    learning_rate: float = field(default=2e-4, metadata={"help": "Peak learning rate (AdamW, linear decay)."})
+    epochs: float = field(
+        default=3.0, metadata={"help": "Passes over the training pairs (ignored when max_steps > 0)."}
+    )
+    per_device_batch_size: int = field(
+        default=4, metadata={"help": "Pairs per device per step (each pair is two sequences: chosen and rejected)."}
+    )
+    gradient_accumulation_steps: int = field(
+        default=1, metadata={"help": "Steps whose gradients are summed before one optimizer update."}
+    )
+    max_length: int = field(default=2048, metadata={"help": "Token limit of prompt + completion."})
+    max_prompt_length: int = field(
+        default=1536, metadata={"help": "Token limit of the prompt alone (must be below max_length)."}
+    )
+    overlong: str = field(
+        default="drop",
+        metadata={
+            "help": "Pairs over a limit: 'drop' them, or 'truncate' them (prompt keeps its end, completion its start). Counted either way."
+        },
+    )
+    thinking: str = field(
+        default="off",
+        metadata={
+            "help": "Qwen3 think blocks: 'off' (empty think block in the prompt, reasoning in the open) or 'on' (reasoning inside <think>...</think>, answer line after)."
+        },
+    )
+    load_in_4bit: str = field(
+        default="auto",
+        metadata={
+            "help": "Load the base in 4-bit NF4 (bitsandbytes): auto (on with CUDA and bitsandbytes), true, false."
+        },
+    )
+    use_unsloth: str = field(
+        default="auto",
+        metadata={"help": "Use Unsloth's loader and LoRA: auto (on with CUDA and Unsloth installed), true, false."},
+    )
+    seed: int = field(
+        default=0, metadata={"help": "Seed of the dev split, the subsample, LoRA init, data order and the bootstrap."}
+    )
+    eval_dataset: str | None = field(
+        default=None, metadata={"help": "MCQ items to evaluate base and adapter on. Empty: the bundled eval sample."}
+    )
+    eval_format: str = field(
+        default="auto", metadata={"help": "Format of eval_dataset: auto, competition, kice, kmmlu or jsonl."}
+    )
+    dev_fraction: float = field(
+        default=0.15,
+        metadata={"help": "Share of the pairs held out as the dev split (whole seed groups); 0 for none."},
+    )
+    eval_batch_size: int = field(default=8, metadata={"help": "Items (or pairs) per forward pass in evaluation."})
+    bootstrap_samples: int = field(
+        default=2000, metadata={"help": "Bootstrap resamples for the CI of the accuracy difference."}
+    )
+    experiment: str | None = field(default=None, metadata={"help": "MLflow experiment (default distill-train)."})
+    output_dir: str = field(
+        default="outputs/train",
+        metadata={"help": "Local folder for the adapter and run files (one subfolder per run)."},
+    )
+    logging_steps: int = field(
+        default=1, metadata={"help": "Log TRL's training metrics every this many optimizer steps."}
+    )
+    max_steps: int = field(default=-1, metadata={"help": "Stop after this many optimizer steps (-1: run all epochs)."})
+    dtype: str = field(
+        default="auto",
+        metadata={"help": "auto (bf16 on GPUs that have it, fp16 on older GPUs, fp32 on CPU), bf16, fp16 or fp32."},
+    )
+    dev_eval_steps: int = field(
+        default=0,
+        metadata={
+            "help": "Also measure the dev split every this many optimizer steps during training, logged as dev_curve/* at that step (a sweep prunes on it). 0: only after training."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        from distill.data.prompts import parse_thinking
+        from distill.resources import resource_path
+
+        for name in ("pairs", "eval_dataset", "experiment"):
+            value = getattr(self, name)
+            if isinstance(value, str) and not value.strip():
+                setattr(self, name, None)
+        if self.pairs is None:
+            self.pairs = str(resource_path("example_pairs.jsonl"))
+        if self.eval_dataset is None:
+            self.eval_dataset = str(resource_path("eval_sample.jsonl"))
+        if self.n_pairs is not None and self.n_pairs < 0:
+            raise ConfigError(f"n_pairs must be >= 0 (0 or empty: all), got {self.n_pairs}")
+        if self.n_pairs == 0:
+            self.n_pairs = None
+        self.thinking = "on" if parse_thinking(self.thinking) else "off"
+        for name in ("load_in_4bit", "use_unsloth"):
+            value = str(getattr(self, name)).strip().lower()
+            value = {"1": "true", "yes": "true", "on": "true", "0": "false", "no": "false", "off": "false"}.get(
+                value, value
+            )
+            if value not in TRI_STATE:
+                raise ConfigError(f"{name} must be auto, true or false; got {getattr(self, name)!r}")
+            setattr(self, name, value)
+        self.overlong = str(self.overlong).strip().lower()
+        if self.overlong not in OVERLONG_MODES:
+            raise ConfigError(f"overlong must be 'drop' or 'truncate'; got {self.overlong!r}")
+        positive = (
+            "lora_rank",
+            "lora_alpha",
+            "per_device_batch_size",
+            "gradient_accumulation_steps",
+            "max_length",
+            "max_prompt_length",
+            "eval_batch_size",
+            "bootstrap_samples",
+            "logging_steps",
+        )
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_prompt_length >= self.max_length:
+            raise ConfigError(
+                f"max_prompt_length ({self.max_prompt_length}) must be below max_length ({self.max_length})"
+            )
+        if not 0.0 <= self.dev_fraction < 1.0:
+            raise ConfigError(f"dev_fraction must be in [0, 1), got {self.dev_fraction}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.beta < 0 or self.learning_rate <= 0:
+            raise ConfigError("beta must be >= 0 and learning_rate > 0")
+        if self.max_steps <= 0 and self.epochs <= 0:
+            raise ConfigError("epochs must be > 0 (or set max_steps)")
+        parse_target_modules(self.target_modules)
+        if self.dev_eval_steps < 0:
+            raise ConfigError(f"dev_eval_steps must be >= 0 (0: only after training), got {self.dev_eval_steps}")
+
+
+@dataclass
+class TrainOutputs:
+    run_id: str
+    model_uri: str
+    """`runs:/<run_id>/adapter`."""
+    logged_model_uri: str
+    """What MLflow returned for the logged model (`models:/<model id>`)."""
+    adapter_dir: Path
+    backend: Backend
+    n_train: int
+    n_dev: int
+    overlong: OverlongReport
+    steps: int
+    final_loss: float
+    metrics: dict[str, float]
+    """`dev/*`, `base_dev/*`, `eval/*`, `base/*` and `compare/*`."""
+    wall_s: float
+    summary: str
+
+
+@dataclass
+class TrainData:
+    """What `prepare` read and checked, before any run or model exists."""
+
+    pairset: Any
+    """`distill.pairs.PairSet`: the pairs as loaded, and where from."""
+    rows: list[dict[str, Any]]
+    """TRL rows to train on (over-long ones dropped or left for truncation)."""
+    dev_rows: list[dict[str, Any]]
+    dev_problems: list[Any]
+    """The dev pairs' problems (MCQ items) for dev accuracy and macro-F1."""
+    overlong: OverlongReport
+    eval_items: list[Any]
+    student_path: str
+    dtype_name: str
+    """The compute dtype on the backend's device (`bfloat16`, `float16`, `float32`)."""
+
+
+@dataclass
+class Scores:
+    """The trained adapter and its base on the dev split and the eval set."""
+
+    dev: dict[str, float]
+    dev_base: dict[str, float]
+    adapter_eval: Any
+    """`distill.evaluation.EvalResult` with the adapter."""
+    base_eval: Any
+    """The same without the adapter (from the cache when `cache_hit`)."""
+    cache_hit: bool
+    cache_file: Path
+    comparison: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        metrics = {f"dev/{k}": v for k, v in self.dev.items()}
+        metrics.update({f"base_dev/{k}": v for k, v in self.dev_base.items()})
+        metrics.update(self.adapter_eval.metrics)
+        metrics.update({"base/" + k[len("eval/") :]: v for k, v in self.base_eval.metrics.items()})
+        metrics.update(self.comparison)
+        return metrics
+
+
+# --------------------------------------------------------------------------------------------
+# The stage
+
+
+def run(cfg: TrainConfig, *, on_dev_eval=None, run_tags: dict[str, str] | None = None) -> TrainOutputs:
+    """Prepare, train, score, log, summarise (see the module docstring).
+
+    `on_dev_eval(step, metrics)`, when given, is called after each intermediate dev measurement
+    (every `cfg.dev_eval_steps` steps; metrics named as in `distill.training.dev_metrics`, without
+    prefix); an exception it raises ends the run (its MLflow run is then marked FAILED).
+    `run_tags` are set on the MLflow run when it starts (a sweep links trials to its parent with
+    them)."""
+    started = time.perf_counter()
+    backend = decide_backend(cfg.load_in_4bit, cfg.use_unsloth)  # first: Unsloth must precede transformers
+    data = prepare(cfg, backend)
+    rank, _ = distributed_rank()
+    if rank != 0:  # DDP: this process trains its shard of each batch; rank 0 alone logs and evaluates
+        train_adapter(cfg, backend, data, Path(cfg.output_dir) / f"rank{rank}", dev_curve=False)
+        return None  # type: ignore[return-value]
+
+    tracking.configure(cfg.experiment, "train")
+    with tracking.start_run(run_name=f"train {Path(cfg.student).name} orpo", tags=run_tags) as active:
+        run_id = active.info.run_id
+        run_dir = Path(cfg.output_dir) / run_id
+        run_dir.mkdir(parents=True, exist_ok=True)
+        log_run_inputs(cfg, backend, data, run_dir)
+        result = train_adapter(cfg, backend, data, run_dir, on_dev_eval=on_dev_eval)
+        scores = score_adapter(cfg, backend, data, result.adapter_dir)
+        log_scores(cfg, scores, run_dir)
+        model_uri, logged_model_uri = log_adapter(cfg, backend, data, result, run_id)
+        outputs = finish(cfg, backend, data, result, scores, run_id, model_uri, logged_model_uri, started)
+    print()
+    print(outputs.summary)
+    return outputs
+
+
+# -- prepare
+
+
+def prepare(cfg: TrainConfig, backend: Backend) -> TrainData:
+    """Pairs, dev split, TRL rows, over-long handling and eval items: everything that can be wrong
+    with the input fails here, before a run or a model exists."""
+    from transformers import AutoTokenizer
+
+    from distill.data.loaders import load_items
+    from distill.models import dtype_name, resolve_model_path
+    from distill.pairs import load_pairs, select_pairs
+    from distill.training import dev_items
+
+    pairset = load_pairs(cfg.pairs)
+    train_pairs, dev_pairs = select_pairs(
+        pairset.pairs, n_pairs=cfg.n_pairs, dev_fraction=cfg.dev_fraction, seed=cfg.seed
+    )
+    eval_items = load_items(cfg.eval_dataset, cfg.eval_format, require_answer=True)
+    if not eval_items:
+        raise ConfigError(f"eval_dataset {cfg.eval_dataset} has no items")
+    student_path = resolve_model_path(cfg.student)
+    tokenizer = AutoTokenizer.from_pretrained(student_path)
+    thinking = cfg.thinking == "on"
+    rows = preference_rows(train_pairs, tokenizer, thinking=thinking)
+    rows, overlong = handle_overlong(
+        rows,
+        measure_lengths(rows, tokenizer),
+        max_length=cfg.max_length,
+        max_prompt_length=cfg.max_prompt_length,
+        mode=cfg.overlong,
+    )
+    if not rows:
+        raise ConfigError(
+            f"all {overlong.n_dropped} training pairs are over the limits (longest prompt {overlong.max_prompt_tokens} "
+            f"tokens, longest pair {overlong.max_total_tokens}); raise max_length/max_prompt_length or use overlong=truncate"
+        )
+    return TrainData(
+        pairset=pairset,
+        rows=rows,
+        dev_rows=preference_rows(dev_pairs, tokenizer, thinking=thinking),
+        dev_problems=dev_items(dev_pairs),
+        overlong=overlong,
+        eval_items=eval_items,
+        student_path=student_path,
+        dtype_name=dtype_name(backend.device, cfg.dtype),
+    )
+
+
+# -- compute
+
+
+def dev_measure(cfg: TrainConfig, data: TrainData, tokenizer: Any):
+    """`measure(model) -> metrics` of the dev split (`distill.training.dev_metrics`, no prefix)."""
+    return partial(
+        dev_metrics,
+        tokenizer=tokenizer,
+        rows=data.dev_rows,
+        items=data.dev_problems,
+        thinking=cfg.thinking,
+        max_length=cfg.max_length,
+        max_prompt_length=cfg.max_prompt_length,
+        batch_size=cfg.eval_batch_size,
+    )
+
+
+def train_adapter(
+    cfg: TrainConfig, backend: Backend, data: TrainData, work_dir: Path, *, on_dev_eval=None, dev_curve: bool = True
+) -> TrainResult:
+    """Load the student for training, run ORPO, save the adapter under `work_dir`; free the model.
+
+    With `dev_curve` and `cfg.dev_eval_steps`, the dev split is also measured during training."""
+    model, tokenizer, peft_config = load_for_training(cfg, backend, data.student_path)
+    callbacks = []
+    if dev_curve and cfg.dev_eval_steps and data.dev_rows:
+        callbacks.append(dev_curve_callback(dev_measure(cfg, data, tokenizer), cfg.dev_eval_steps, on_dev_eval))
+    result = train_orpo(cfg, backend, model, tokenizer, peft_config, data.rows, work_dir, callbacks=callbacks)
+    del model, tokenizer
+    free_memory()
+    return result
+
+
+def score_adapter(cfg: TrainConfig, backend: Backend, data: TrainData, adapter_dir: Path) -> Scores:
+    """Reload the saved adapter exactly as later stages will, and measure everything on that one
+    model: the dev split with and without the adapter, the eval set with it, the base on the eval
+    set (adapter disabled, through the cache shared with register), the paired comparison."""
+    from distill.eval_cache import cached_base_eval
+    from distill.evaluation import compare_predictions, evaluate_items
+    from distill.models import load_student
+
+    model, tokenizer = load_student(
+        cfg.student,
+        adapter=str(adapter_dir),
+        device=backend.device,
+        dtype=cfg.dtype,
+        load_in_4bit=backend.load_in_4bit,
+    )
+    measure = dev_measure(cfg, data, tokenizer)
+    dev = measure(model)
+    with model.disable_adapter():
+        dev_base = measure(model)
+    adapter_eval = evaluate_items(
+        model, tokenizer, data.eval_items, thinking=cfg.thinking, batch_size=cfg.eval_batch_size, progress=True
+    )
+    base = cached_base_eval(
+        data.eval_items,
+        load=lambda loaded=(model, tokenizer): loaded,  # the model in hand; bound now, freed below
+        student=cfg.student,
+        student_path=data.student_path,
+        thinking=cfg.thinking,
+        load_in_4bit=backend.load_in_4bit,
+        dtype=data.dtype_name,
+        batch_size=cfg.eval_batch_size,
+    )
+    del model, tokenizer, measure
+    free_memory()
+    comparison = compare_predictions(
+        base.result.predictions, adapter_eval.predictions, n_boot=cfg.bootstrap_samples, seed=cfg.seed
+    )
+    return Scores(dev, dev_base, adapter_eval, base.result, base.hit, base.path, comparison)
+
+
+# -- log
+
+
+def log_run_inputs(cfg: TrainConfig, backend: Backend, data: TrainData, run_dir: Path) -> None:
+    """Params (the config and what it resolved to here), config.yaml, tags, data counts, datasets."""
+    params = tracking.safe_params(cfg)
+    params.update(
+        {
+            "student_path": data.student_path,
+            "pairs_path": str(data.pairset.path),
+            "backend": backend.name,
+            "load_in_4bit_resolved": backend.load_in_4bit,
+            "use_unsloth_resolved": backend.use_unsloth,
+            "dtype_resolved": data.dtype_name,
+            "n_train_pairs": len(data.rows),
+            "n_dev_pairs": len(data.dev_rows),
+        }
+    )
+    tracking.log_params(params)
+    tracking.log_config(cfg)
+    tracking.set_tags(
+        {
+            "distill.stage": "train",
+            "distill.student": cfg.student,
+            "train/backend": backend.name,
+            "train/backend_notes": "; ".join(backend.notes) or "-",
+            "train/device": backend.device,
+            "train/thinking": cfg.thinking,
+            "dev.reward_accuracy.definition": "share of dev pairs whose chosen has a higher per-token average log-prob than rejected",
+            "dev.margin.definition": "mean over dev pairs of (chosen - rejected) per-token average log-prob",
+            "dev.accuracy.average": "micro (over the dev pairs' problems)",
+        }
+    )
+    overlong = data.overlong
+    tracking.log_metrics(
+        {
+            "data/n_pairs_loaded": len(data.pairset.pairs),
+            "data/n_train": len(data.rows),
+            "data/n_dev": len(data.dev_rows),
+            "data/n_overlong": overlong.n_overlong,
+            "data/n_dropped": overlong.n_dropped,
+            "data/n_truncated": overlong.n_truncated,
+            "data/max_prompt_tokens": overlong.max_prompt_tokens,
+            "data/max_total_tokens": overlong.max_total_tokens,
+        }
+    )
+    log_training_data(data, run_dir / "data")
+    from distill.evaluation import log_items_dataset
+
+    eval_file = Path(str(cfg.eval_dataset))
+    log_items_dataset(data.eval_items, source=eval_file, name=eval_file.stem, context="eval")
+    notes = "; ".join(backend.notes) or "all features on"
+    print(f"train: backend {backend.name} ({notes}); {len(data.rows)} pairs, {len(data.dev_rows)} dev")
+
+
+def log_training_data(data: TrainData, folder: Path) -> None:
+    """Train and dev rows as dataset inputs (contexts training, dev); the pairs and rows as artifacts."""
+    import pandas as pd
+
+    from distill.io import write_jsonl
+
+    columns = ("id", "subject", "prompt", "chosen", "rejected")
+    pairset = data.pairset
+    name = f"pairs-train:{Path(str(pairset.path)).stem}"
+    frame = pd.DataFrame([{k: row[k] for k in columns} for row in data.rows])
+    source = pairset.source if not Path(pairset.source).exists() else str(Path(pairset.path).resolve())
+    with warnings.catch_warnings():
+        # MLflow warns that a local path "can be interpreted in multiple ways" (all of them local).
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+        try:
+            tracking.log_dataset(frame, name=name, source=source, context="training")
+        except Exception:  # a source string MLflow cannot resolve (some URI schemes): keep the path
+            tracking.log_dataset(frame, name=name, source=str(pairset.path), context="training")
+        if data.dev_rows:
+            dev_frame = pd.DataFrame([{k: row[k] for k in columns} for row in data.dev_rows])
+            tracking.log_dataset(dev_frame, name="pairs-dev", source=str(pairset.path), context="dev")
+    if Path(pairset.path).is_file():
+        tracking.log_artifact(pairset.path, "pairs")
+    else:
+        tracking.log_artifacts(pairset.path, "pairs")
+    for file_name, rows in (("train_rows.jsonl", data.rows), ("dev_rows.jsonl", data.dev_rows)):
+        tracking.log_artifact(write_jsonl(folder / file_name, rows), "data")
+
+
+def log_scores(cfg: TrainConfig, scores: Scores, run_dir: Path) -> None:
+    """Dev metrics, both evaluations (files under the run folder too), the cache tags, the comparison."""
+    from distill.evaluation import log_comparison, log_eval_result
+
+    tracking.log_metrics({k: v for k, v in scores.metrics.items() if k.startswith(("dev/", "base_dev/"))})
+    log_eval_result(scores.adapter_eval, prefix="eval", artifact_dir="evaluation", local_dir=run_dir / "evaluation")
+    log_eval_result(
+        scores.base_eval, prefix="base", artifact_dir="evaluation_base", local_dir=run_dir / "evaluation_base"
+    )
+    tracking.set_tags({"base.cache": "hit" if scores.cache_hit else "miss", "base.cache_file": scores.cache_file})
+    log_comparison(
+        scores.comparison,
+        scores.base_eval.predictions,
+        scores.adapter_eval.predictions,
+        base_label="base",
+        new_label="adapter",
+        n_boot=cfg.bootstrap_samples,
+        seed=cfg.seed,
+        local_dir=run_dir / "comparison",
+    )
+
+
+def log_adapter(cfg: TrainConfig, backend: Backend, data: TrainData, result: TrainResult, run_id: str):
+    """(runs:/ URI, logged model URI) of the adapter, logged as a pyfunc model that records how to
+    load its base (also written next to the adapter as distill_adapter.json)."""
+    from distill.adapter_model import log_adapter_model
+    from distill.tiny_qwen3 import parse_tiny_name
+
+    # pyfunc also logs model_config as run params: these names must not clash with the config's.
+    model_config = {
+        "base_model": cfg.student,
+        "base_model_path": data.student_path,
+        "base_model_seed": parse_tiny_name(cfg.student),
+        "base_load_in_4bit": backend.load_in_4bit,
+        "base_dtype": cfg.dtype,
+        "scoring_thinking": cfg.thinking,
+        "scoring_batch_size": cfg.eval_batch_size,
+        "train_backend": backend.name,
+    }
+    (result.adapter_dir / "distill_adapter.json").write_text(
+        json.dumps(model_config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
+    info = log_adapter_model(result.adapter_dir, model_config)
+    model_uri = f"runs:/{run_id}/adapter"
+    tracking.set_tags({"train/model_uri": model_uri, "train/logged_model_uri": info.model_uri})
+    return model_uri, info.model_uri
+
+
+def finish(
+    cfg: TrainConfig,
+    backend: Backend,
+    data: TrainData,
+    result: TrainResult,
+    scores: Scores,
+    run_id: str,
+    model_uri: str,
+    logged_model_uri: str,
+    started: float,
+) -> TrainOutputs:
+    """Training metrics, the summary (printed by `run`, logged as summary.txt), the outputs."""
+    from distill.evaluation import summary_text
+    from distill.io import write_text_atomic
+
+    tracking.log_metrics(
+        {
+            "train/steps": result.global_step,
+            "train/final_loss": result.final_loss,
+            "train/wall_s": time.perf_counter() - started,
+        }
+    )
+    wall_s = time.perf_counter() - started
+    summary = summary_lines(cfg, backend, data, result, scores, run_id=run_id, model_uri=model_uri, wall_s=wall_s)
+    summary += "\n\n" + summary_text(
+        scores.adapter_eval,
+        scores.comparison,
+        title="eval set, adapter vs base (per subject)",
+        base_result=scores.base_eval,
+    )
+    summary_file = write_text_atomic(Path(cfg.output_dir) / run_id / "summary.txt", summary + "\n")
+    tracking.log_artifact(summary_file)
+    return TrainOutputs(
+        run_id=run_id,
+        model_uri=model_uri,
+        logged_model_uri=logged_model_uri,
+        adapter_dir=result.adapter_dir,
+        backend=backend,
+        n_train=len(data.rows),
+        n_dev=len(data.dev_rows),
+        overlong=data.overlong,
+        steps=result.global_step,
+        final_loss=result.final_loss,
+        metrics=scores.metrics,
+        wall_s=wall_s,
+        summary=summary,
+    )
+
+
+def summary_lines(
+    cfg: TrainConfig,
+    backend: Backend,
+    data: TrainData,
+    result: TrainResult,
+    scores: Scores,
+    *,
+    run_id: str,
+    model_uri: str,
+    wall_s: float,
+) -> str:
+    """The closing screen of a train run."""
+
+    def fmt(value: Any, spec: str = ".3f") -> str:
+        return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
+
+    a, b, c = scores.adapter_eval.metrics, scores.base_eval.metrics, scores.comparison
+    dev, dev_base, overlong = scores.dev, scores.dev_base, data.overlong
+    lines = [
+        f"train  {cfg.student} + LoRA r={cfg.lora_rank} α={cfg.lora_alpha}, ORPO λ={cfg.beta}, thinking {cfg.thinking}",
+        f"backend  {backend.name} on {backend.device}" + (f"  ({'; '.join(backend.notes)})" if backend.notes else ""),
+        f"pairs    {len(data.pairset.pairs)} loaded → {len(data.rows)} train, {len(data.dev_rows)} dev; over-long {overlong.n_overlong} "
+        f"({overlong.n_dropped} dropped, {overlong.n_truncated} truncated; longest {overlong.max_total_tokens} tokens)",
+        f"steps    {result.global_step} in {result.runtime_s:.1f} s; final loss {fmt(result.final_loss)}",
+    ]
+    if data.dev_rows:
+        lines.append(
+            f"dev      reward acc {fmt(dev_base.get('reward_accuracy'))} → {fmt(dev.get('reward_accuracy'))}, "
+            f"margin {fmt(dev_base.get('margin'), '+.3f')} → {fmt(dev.get('margin'), '+.3f')}, "
+            f"MCQ acc {fmt(dev_base.get('accuracy'))} → {fmt(dev.get('accuracy'))}, "
+            f"macro-F1 {fmt(dev_base.get('macro_f1'))} → {fmt(dev.get('macro_f1'))}  (base → adapter)"
+        )
+    lines.append(
+        f"eval     {Path(str(cfg.eval_dataset)).name} ({int(a['eval/n'])} items): accuracy {fmt(b['eval/accuracy'])} → "
+        f"{fmt(a['eval/accuracy'])}, Δ {fmt(c['compare/delta_accuracy'], '+.3f')} "
+        f"[{fmt(c['compare/delta_ci_low'], '+.3f')}, {fmt(c['compare/delta_ci_high'], '+.3f')}], "
+        f"McNemar p={fmt(c['compare/mcnemar_p'], '.3g')}  (base {'from cache' if scores.cache_hit else 'scored now'})"
+    )
+    lines.append(f"run      {run_id}  ·  model {model_uri}  ·  {wall_s:.1f} s")
+    return "\n".join(lines)

@@ -1,0 +1,218 @@
+"""The mine stage with a live Gemini teacher (google-genai against the local fake server):
+- it meets every fault the server can inject, and still finishes every item with nothing paid twice;
+- a request that keeps failing is a failure row, not a crash, and the rerun fetches it;
+- killed with SIGKILL in the middle of its teacher requests and rerun, it ends with the same
+  attempts and hard negatives as an uninterrupted run, never paying again for a success."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from distill.contracts import attempts_from_frame
+from distill.mining import decide
+from distill.stages.mine import run
+from tests.fakes import FaultPlan, kill_when_settled
+from tests.fakes.fake_gemini import FakeGeminiServer
+from tests.mine_helpers import (
+    TEACHER_MODEL,
+    bundled_seeds,
+    cache_keys,
+    cache_rows,
+    comparable_attempts,
+    live_teacher_config,
+    scripted_teacher,
+    teacher_is_right,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+FAULT_KINDS = ("429", "500", "503", "slow", "malformed", "truncated")
+
+
+@pytest.fixture
+def gemini_env(monkeypatch):
+    monkeypatch.setenv("GEMINI_API_KEY", "dummy-key-for-the-fake-server")
+    monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
+    return monkeypatch
+
+
+def test_every_item_finishes_through_every_fault_and_nothing_is_fetched_twice(
+    mlflow_store, gemini_env, tmp_path, capsys
+):
+    items = bundled_seeds()
+    faults = FaultPlan(
+        script={index: kind for index, kind in enumerate(FAULT_KINDS)},  # each kind at least once
+        rates={"429": 0.06, "500": 0.06, "503": 0.06, "slow": 0.04, "malformed": 0.06, "truncated": 0.06},
+        max_faults_per_key=2,
+        seed=7,
+    )
+    server = FakeGeminiServer(answer_fn=scripted_teacher(items), faults=faults, retry_after="0.05", slow_s=1.5)
+    with server:
+        gemini_env.setenv("GOOGLE_GEMINI_BASE_URL", server.base_url)
+        cfg = live_teacher_config(tmp_path, "faults", timeout_s=0.5)
+        result = run(cfg)
+        printed = capsys.readouterr().out
+
+        injected = server.faults_injected()
+        assert {call.fault for call in injected} == set(FAULT_KINDS)
+        assert server.duplicate_successes() == []
+
+        attempts = result.attempts
+        teacher = attempts[attempts["role"] == "teacher"]
+        judge = attempts[attempts["role"] == "judge"]
+        # every item finished: one answer per seed, no failure rows, every judge verdict in
+        assert sorted(teacher["item_id"]) == sorted(item.id for item in items)
+        assert attempts["error"].isna().all()
+        assert len(judge) > 0 and judge["choice"].eq(1).all()  # the scripted judge says A
+        # exactly one successful fetch per teacher/judge request, each now in the cache
+        fetched = set(server.successful_keys())
+        assert len(fetched) == len(teacher) + len(judge)
+        assert fetched == cache_keys(cfg.cache_path, "gemini")
+        # every fault cost one retry and nothing else; every call was counted
+        usage = result.usage["teacher"]
+        assert usage["retries"] == len(injected)
+        assert usage["requests"] == len(server.calls)
+        assert usage["fetched"] == len(fetched) and usage["failures"] == 0
+        assert usage["input_tokens"] > 0 and usage["cost_usd"] > 0
+        assert result.metrics["llm/teacher/retries"] == len(injected)
+        assert "teacher 0, student 0, judge 0" in printed
+
+        # the answers are the scripted teacher's: right where it was scripted to be
+        right = {item.id: teacher_is_right(item.id) for item in items}
+        assert teacher.set_index("item_id")["correct"].to_dict() == right
+        assert 0 < sum(right.values()) < len(items)
+        selected = {d.item_id for d in result.decisions if d.selected}
+        assert selected == {negative.id for negative in result.hard_negatives}
+        assert all(right[item_id] for item_id in selected)
+
+        # rerun: no network at all
+        calls_before = len(server.calls)
+        again = run(cfg)
+        capsys.readouterr()
+        assert len(server.calls) == calls_before
+        assert again.usage["teacher"]["requests"] == 0
+        assert again.usage["teacher"]["cache_hits"] == len(teacher) + len(judge)
+        assert again.hard_negatives == result.hard_negatives
+
+
+def test_a_request_that_keeps_failing_is_a_failure_row_and_the_rerun_fetches_it(
+    mlflow_store, gemini_env, tmp_path, capsys
+):
+    items = bundled_seeds()[:3]
+    broken = FakeGeminiServer(
+        answer_fn=scripted_teacher(items), faults=FaultPlan(rates={"503": 1.0}, max_faults_per_key=99)
+    )
+    cfg = live_teacher_config(tmp_path, "failing", max_items=3, max_retries=1, judge="off")
+    with broken:
+        gemini_env.setenv("GOOGLE_GEMINI_BASE_URL", broken.base_url)
+        failed = run(cfg)
+        printed = capsys.readouterr().out
+    teacher = failed.attempts[failed.attempts["role"] == "teacher"]
+    assert len(teacher) == 3 and teacher["choice"].isna().all()
+    assert teacher["error"].str.contains("503").all()
+    assert [d.reason for d in failed.decisions] == ["teacher failed"] * 3
+    assert failed.hard_negatives == []
+    assert failed.metrics["mine/teacher_request_failures"] == 3
+    assert "teacher 3," in printed and "rerun to retry them" in printed
+    assert failed.usage["teacher"]["failures"] == 3 and failed.usage["teacher"]["requests"] == 6
+
+    with FakeGeminiServer(answer_fn=scripted_teacher(items)) as healthy:
+        gemini_env.setenv("GOOGLE_GEMINI_BASE_URL", healthy.base_url)
+        fixed = run(cfg)
+        capsys.readouterr()
+    assert fixed.usage["teacher"]["fetched"] == 3  # failures were never cached
+    assert fixed.attempts["error"].isna().all()
+    attempts = attempts_from_frame(fixed.attempts)
+    for item in items:
+        teacher = [a for a in attempts if a.role == "teacher" and a.item_id == item.id]
+        student = [a for a in attempts if a.role == "student" and a.item_id == item.id]
+        expected = decide(item, teacher, student, cfg.pass_rate_threshold)
+        assert next(d for d in fixed.decisions if d.item_id == item.id).reason == expected.reason
+
+
+KILL_AFTER = 9
+
+
+def _entry_point(cfg, base_url: str) -> subprocess.Popen:
+    args = [
+        "--teacher_backend",
+        "gemini",
+        "--teacher",
+        TEACHER_MODEL,
+        "--judge",
+        cfg.judge,
+        "--cache_path",
+        cfg.cache_path,
+        "--output_dir",
+        cfg.output_dir,
+        "--timeout_s",
+        str(cfg.timeout_s),
+        "--max_retries",
+        str(cfg.max_retries),
+        "--backoff_base_s",
+        str(cfg.backoff_base_s),
+        "--backoff_max_s",
+        str(cfg.backoff_max_s),
+        "--concurrency",
+        str(cfg.concurrency),
+    ]
+    env = dict(os.environ, GOOGLE_GEMINI_BASE_URL=base_url, GEMINI_API_KEY="dummy-key-for-the-fake-server")
+    env.pop("GOOGLE_API_KEY", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "distill", "mine", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_sigkill_then_rerun_gives_identical_outputs_and_pays_nothing_twice(
+    mlflow_store, tmp_path, monkeypatch, capsys
+):
+    items = bundled_seeds()
+    monkeypatch.setenv("GEMINI_API_KEY", "dummy-key-for-the-fake-server")
+    monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
+
+    # The reference: one uninterrupted run against its own server.
+    reference_cfg = live_teacher_config(tmp_path, "reference")
+    with FakeGeminiServer(answer_fn=scripted_teacher(items)) as reference_server:
+        monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", reference_server.base_url)
+        reference = run(reference_cfg)
+    capsys.readouterr()
+    n_live = len(reference_server.successful_keys())  # teacher answers + judge verdicts
+    assert n_live > len(items)
+
+    # A slow server with a few faults that stops answering after KILL_AFTER admissions.
+    faults = FaultPlan(rates={"429": 0.1, "500": 0.1, "truncated": 0.1}, max_faults_per_key=1, seed=3)
+    server = FakeGeminiServer(answer_fn=scripted_teacher(items), latency_s=0.05, faults=faults, retry_after="0")
+    cfg = live_teacher_config(tmp_path, "killed")
+    with server:
+        server.hold_after(KILL_AFTER)
+        victim = _entry_point(cfg, server.base_url)
+        stored_before = kill_when_settled(victim, server, lambda: cache_rows(Path(cfg.cache_path), "gemini"))
+        assert not (Path(cfg.output_dir) / "hard_negatives.jsonl").exists()
+        assert 0 < stored_before < n_live
+
+        monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", server.base_url)
+        resumed = run(cfg)
+        capsys.readouterr()
+
+        assert server.duplicate_successes() == []
+        assert len(server.successes()) == n_live
+
+    usage = resumed.usage["teacher"]
+    assert usage["cache_hits"] == stored_before
+    assert usage["fetched"] == n_live - stored_before
+    assert usage["failures"] == 0
+    out, ref = Path(cfg.output_dir), Path(reference_cfg.output_dir)
+    assert (out / "hard_negatives.jsonl").read_text(encoding="utf-8") == (ref / "hard_negatives.jsonl").read_text(
+        encoding="utf-8"
+    )
+    assert comparable_attempts(out / "attempts.parquet").equals(comparable_attempts(ref / "attempts.parquet"))
+    assert len(reference.hard_negatives) > 0
