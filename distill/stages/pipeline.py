@@ -185,12 +185,10 @@ class _PipelineFields:
     )
 
     def __post_init__(self) -> None:
-        from distill.cli import values_from_mapping
+        from distill.cli import blank_to_none, values_from_mapping
 
         for name in ("seeds", "mine_student", "plan", "eval_dataset", "overrides", "experiment"):
-            value = getattr(self, name)
-            if isinstance(value, str) and not value.strip():
-                setattr(self, name, None)
+            setattr(self, name, blank_to_none(getattr(self, name)))
         for step in STEPS:
             section = getattr(self, step) or {}
             if not isinstance(section, Mapping):

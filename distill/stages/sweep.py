@@ -52,9 +52,39 @@ from typing import Any
 
 from distill import tracking
 from distill.errors import ConfigError, DistillError, InputError
-from distill.optuna_storage import OUTCOME_ATTR, heartbeat, open_storage, redact_storage, reserve_trial, study_lock
-from distill.sweep_runs import RUN_ATTR, TRIAL_STATE
-from distill.sweep_space import SweepSpace
+from distill.optuna_storage import (
+    OUTCOME_ATTR,
+    heartbeat,
+    open_storage,
+    redact_storage,
+    reserve_trial,
+    study_lock,
+    worker_name,
+)
+from distill.stages.train import TrainConfig
+from distill.stages.train import run as run_train
+from distill.sweep_runs import (
+    RUN_ATTR,
+    TAG_STUDY,
+    TRIAL_STATE,
+    close_stray_runs,
+    log_parent_results,
+    mark_dead_child,
+    open_parent,
+    point_to_parent,
+    record_child,
+    trial_tags,
+)
+from distill.sweep_space import (
+    SweepSpace,
+    check_objective,
+    load_space,
+    make_pruner,
+    make_sampler,
+    parse_overrides,
+    resolve_space_path,
+    suggest,
+)
 
 
 @dataclass
@@ -185,8 +215,6 @@ def run(cfg: SweepConfig) -> SweepOutputs:
     """Run (or resume, or join) the sweep until the study has n_trials finished trials."""
     import optuna
 
-    from distill.optuna_storage import worker_name
-
     started = time.perf_counter()
     space, n_trials, study_name = _plan(cfg)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -212,23 +240,15 @@ def run(cfg: SweepConfig) -> SweepOutputs:
     return outputs
 
 
-def _train_config() -> type:
-    from distill.stages.train import TrainConfig
-
-    return TrainConfig
-
-
 def _plan(cfg: SweepConfig) -> tuple[SweepSpace, int, str]:
     """The space file (with cfg's objective), the study's trial budget and its name; bad overrides fail here."""
-    from distill.sweep_space import check_objective, load_space, parse_overrides, resolve_space_path
-
-    space = load_space(resolve_space_path(cfg.space), train_config=_train_config())
+    space = load_space(resolve_space_path(cfg.space), train_config=TrainConfig)
     if cfg.objective:
         try:
             space.objective = check_objective("objective", cfg.objective)
         except InputError as exc:
             raise ConfigError(exc.message) from None
-    overrides = parse_overrides(cfg.train_overrides, train_config=_train_config())
+    overrides = parse_overrides(cfg.train_overrides, train_config=TrainConfig)
     if not {**space.fixed, **overrides}.get("dev_fraction", 0.15):
         raise ConfigError("a sweep optimises a dev metric: dev_fraction must be > 0")
     return space, cfg.n_trials or space.n_trials, cfg.study_name or space.study_name
@@ -236,7 +256,6 @@ def _plan(cfg: SweepConfig) -> tuple[SweepSpace, int, str]:
 
 def _join_study(cfg: SweepConfig, space: SweepSpace, study_name: str, env_run_id: str | None) -> tuple[Any, str, str]:
     """(study, parent run id, the parent's experiment), creating what does not exist yet."""
-    from distill.sweep_runs import mark_dead_child, open_parent, point_to_parent
 
     storage = open_storage(cfg.storage, on_dead_trial=mark_dead_child)
     with study_lock(cfg.storage, study_name):
@@ -256,8 +275,6 @@ def _load_or_create_study(storage: Any, space: SweepSpace, study_name: str, cfg:
     """(study, created). Called under `study_lock`, so only one worker ever creates it; that
     worker's sampler is seeded, every other worker's draws its own seed (see the module docstring)."""
     import optuna
-
-    from distill.sweep_space import make_pruner, make_sampler
 
     try:
         study = optuna.load_study(
@@ -290,7 +307,6 @@ def _log_sweep(cfg: SweepConfig, space: SweepSpace, study_name: str, n_trials: i
 
     A resumed or joined sweep leaves params already there as they are (MLflow refuses to change
     one): the first worker's values stand."""
-    from distill.sweep_runs import TAG_STUDY
 
     params = {
         "study_name": study_name,
@@ -335,7 +351,6 @@ def _run_trials(
     started: float,
 ) -> list[TrialRecord]:
     """Reserve and run trials until the study's budget is used up (or this worker's timeout)."""
-    from distill.sweep_runs import mark_dead_child
 
     records: list[TrialRecord] = []
     while True:
@@ -361,7 +376,6 @@ def _run_trial(
     study: Any, trial: Any, *, space: SweepSpace, cfg: SweepConfig, parent_id: str, experiment: str, worker: str
 ) -> TrialRecord:
     """Train one trial as a nested run, record its outcome in Optuna and MLflow."""
-    from distill.sweep_runs import record_child, trial_tags
     from distill.training import free_memory
 
     started = time.perf_counter()
@@ -407,16 +421,11 @@ def _train_trial(
     import optuna
     from optuna.trial import TrialState
 
-    from distill.stages.train import TrainConfig
-    from distill.stages.train import run as train
-    from distill.sweep_runs import close_stray_runs
-    from distill.sweep_space import suggest
-
     result = _TrialResult()
     try:
         result.suggested = suggest(trial, space.params)
         train_cfg = TrainConfig(**trial_kwargs(space, cfg, result.suggested, experiment=experiment))
-        outputs = train(train_cfg, on_dev_eval=_reporter(trial, space), run_tags=tags)
+        outputs = run_train(train_cfg, on_dev_eval=_reporter(trial, space), run_tags=tags)
         value = outputs.metrics.get(space.objective)
         if value is None or not math.isfinite(float(value)):
             raise DistillError(
@@ -474,13 +483,12 @@ def trial_kwargs(
     space: SweepSpace, cfg: SweepConfig, suggested: Mapping[str, Any], *, experiment: str
 ) -> dict[str, Any]:
     """TrainConfig keyword arguments of one trial: fixed < sweep parameters < overrides < suggested."""
-    from distill.sweep_space import parse_overrides
 
     kwargs: dict[str, Any] = dict(space.fixed)
     for name in ("student", "pairs", "eval_dataset"):
         if getattr(cfg, name) is not None:
             kwargs[name] = getattr(cfg, name)
-    kwargs.update(parse_overrides(cfg.train_overrides, train_config=_train_config()))
+    kwargs.update(parse_overrides(cfg.train_overrides, train_config=TrainConfig))
     kwargs.update(suggested)
     kwargs.update(
         experiment=experiment,
@@ -496,7 +504,6 @@ def _finish(
 ) -> SweepOutputs:
     """Results and summary on the parent run; what this worker did and where the study stands."""
     from distill.io import write_text_atomic
-    from distill.sweep_runs import log_parent_results
 
     best = log_parent_results(study, space, folder)
     trials = study.get_trials(deepcopy=False)
