@@ -51,19 +51,15 @@ QWEN3_14B_SHAPE = {
 }
 """Qwen3-14B's config.json (the architecture numbers only)."""
 
-TINY_SHAPE = {
-    "vocab_size": 4096,
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "head_dim": 16,
-    "max_position_embeddings": 4096,
-    "rms_norm_eps": 1e-6,
-    "tie_word_embeddings": False,
-}
-SHAPES = {"qwen3-14b": QWEN3_14B_SHAPE, "tiny": TINY_SHAPE}
+
+def _tiny_shape() -> dict:
+    """The test suite's tiny Qwen3 (distill.tiny_qwen3), untied so that it has Qwen3-14B's layout."""
+    from distill.tiny_qwen3 import MODEL_CONFIG, VOCAB_SIZE_TARGET
+
+    return {**MODEL_CONFIG, "vocab_size": VOCAB_SIZE_TARGET, "tie_word_embeddings": False}
+
+
+SHAPES = {"qwen3-14b": lambda: QWEN3_14B_SHAPE, "tiny": _tiny_shape}
 TARGET_PEAK_GIB = 32.0
 TARGET_SPEEDUP = 1.5
 GIB = 1024**3
@@ -103,7 +99,7 @@ def build_random_model(shape: str) -> Path:
         return target
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("tiny-qwen3"))
     config = Qwen3Config(
-        **SHAPES[shape], pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None
+        **SHAPES[shape](), pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None
     )
     device = "cuda" if torch.cuda.is_available() else "cpu"
     started = time.perf_counter()

@@ -86,8 +86,7 @@ class AdapterModel(mlflow.pyfunc.PythonModel):
         )
 
     def predict(self, context, model_input, params: dict[str, Any] | None = None):
-        import pandas as pd
-
+        from distill.contracts import predictions_frame
         from distill.data.prompts import parse_thinking
         from distill.scoring import predict as argmax_choices
         from distill.scoring import score_choices
@@ -99,23 +98,10 @@ class AdapterModel(mlflow.pyfunc.PythonModel):
         scores = score_choices(
             self.model, self.tokenizer, items, thinking=thinking, batch_size=batch_size, progress=False
         )
-        preds = argmax_choices(scores)
-        width = max((item.n_choices for item in items), default=0)
-        rows = []
-        for item, item_scores, pred in zip(items, scores, preds):
-            row: dict[str, Any] = {
-                "id": item.id,
-                "subject": item.subject,
-                "pred": int(pred),
-                "n_choices": item.n_choices,
-            }
-            for k in range(1, width + 1):
-                row[f"score_{k}"] = float(item_scores[k - 1]) if k <= len(item_scores) else float("nan")
-            if item.answer is not None:
-                row["gold"] = int(item.answer)
-                row["correct"] = bool(int(pred) == int(item.answer))
-            rows.append(row)
-        return pd.DataFrame(rows)
+        frame = predictions_frame(items, scores, argmax_choices(scores))
+        if all(item.answer is None for item in items):  # unlabelled input: nothing to compare with
+            frame = frame.drop(columns=["gold", "correct"])
+        return frame
 
 
 def log_adapter_model(adapter_dir: Path, model_config: dict[str, Any], name: str = "adapter"):

@@ -452,18 +452,20 @@ PREDICTION_REQUIRED = ("id", "gold", "pred")
 
 
 def predictions_frame(items: Sequence[MCQItem], scores: Sequence[Sequence[float]], preds: Sequence[int]):
-    """One row per item; score_k is NaN for labels beyond the item's own choice count."""
+    """One row per item; score_k is NaN for labels beyond the item's own choice count. An item
+    without an answer (a served model's input) has gold and correct None."""
     import pandas as pd
 
     width = max((item.n_choices for item in items), default=0)
     rows = []
     for item, item_scores, pred in zip(items, scores, preds):
+        gold = None if item.answer is None else int(item.answer)
         row: dict[str, Any] = {
             "id": item.id,
             "subject": item.subject,
-            "gold": int(item.answer),  # type: ignore[arg-type]
+            "gold": gold,
             "pred": int(pred),
-            "correct": bool(int(pred) == int(item.answer)),  # type: ignore[arg-type]
+            "correct": None if gold is None else bool(int(pred) == gold),
             "n_choices": item.n_choices,
         }
         for k in range(1, width + 1):

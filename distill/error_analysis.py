@@ -352,22 +352,18 @@ def changes_figure(changes: ItemChanges, *, base_label: str, new_label: str):
     rows = changes.by_subject
     labels = [f"{s} (n={n})" for s, n in zip(rows["subject"], rows["n"])]
     fig = go.Figure()
-    fig.add_bar(
-        x=labels,
-        y=rows["fixed"],
-        name=f"fixed ({base_label} wrong, {new_label} right)",
-        marker_color="#2ca02c",
-        text=rows["fixed"],
-        textposition="outside",
-    )
-    fig.add_bar(
-        x=labels,
-        y=rows["broken"],
-        name=f"broken ({base_label} right, {new_label} wrong)",
-        marker_color="#d62728",
-        text=rows["broken"],
-        textposition="outside",
-    )
+    for column, meaning, colour in (
+        ("fixed", f"{base_label} wrong, {new_label} right", "#2ca02c"),
+        ("broken", f"{base_label} right, {new_label} wrong", "#d62728"),
+    ):
+        fig.add_bar(
+            x=labels,
+            y=rows[column],
+            name=f"{column} ({meaning})",
+            marker_color=colour,
+            text=rows[column],
+            textposition="outside",
+        )
     fig.update_layout(
         title=f"Items fixed and broken by {new_label} relative to {base_label}",
         barmode="group",

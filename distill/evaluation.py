@@ -73,6 +73,17 @@ def result_from_predictions(predictions, *, scoring: str = "logits", parse_failu
     return EvalResult(predictions=predictions, metrics=metrics, tags=tags)
 
 
+def require_gold(items: Sequence[MCQItem]) -> None:
+    """Evaluation needs items, each with its gold answer: the first one without is an InputError."""
+    if not items:
+        raise ConfigError("no items to evaluate")
+    for item in items:
+        if item.answer is None:
+            raise InputError(
+                item.source or "<items>", f"item {item.id!r} has no gold answer; evaluation needs one", field="answer"
+            )
+
+
 def evaluate_items(
     model: Any,
     tokenizer: Any,
@@ -86,13 +97,7 @@ def evaluate_items(
     from distill.data.prompts import parse_thinking
     from distill.scoring import predict, score_choices
 
-    if not items:
-        raise ConfigError("no items to evaluate")
-    for item in items:
-        if item.answer is None:
-            raise InputError(
-                item.source or "<items>", f"item {item.id!r} has no gold answer; evaluation needs one", field="answer"
-            )
+    require_gold(items)
     scores = score_choices(
         model, tokenizer, items, thinking=parse_thinking(thinking), batch_size=batch_size, progress=progress
     )
@@ -334,6 +339,16 @@ def _write_eval_files(result: EvalResult, folder: Path, *, prefix: str) -> dict[
     return paths
 
 
+def _write_in(local_dir: str | Path | None, write_and_log) -> dict[str, Path]:
+    """Run `write_and_log(folder)` in `local_dir` (its files kept, returned) or in a temporary
+    folder that goes away (nothing returned)."""
+    if local_dir is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            write_and_log(Path(tmp))
+        return {}
+    return write_and_log(Path(local_dir))
+
+
 def log_eval_result(
     result: EvalResult,
     *,
@@ -360,11 +375,7 @@ def log_eval_result(
             tracking.log_artifact(path, artifact_dir)
         return paths
 
-    if local_dir is None:
-        with tempfile.TemporaryDirectory() as tmp:
-            write_and_log(Path(tmp))
-        return {}
-    return write_and_log(Path(local_dir))
+    return _write_in(local_dir, write_and_log)
 
 
 def read_predictions(path: str | Path, *, source: str | None = None):
@@ -382,20 +393,14 @@ def load_run_predictions(
 ):
     """The predictions table an earlier evaluate run logged, normalised (a clear error when there
     is none). `role` names the run in the errors (the config field that gave it)."""
-    from mlflow.exceptions import MlflowException  # only to tell "no such run" from other faults
-
     from distill import tracking
 
-    client = tracking.client()
-    try:
-        client.get_run(run_id)
-    except MlflowException:
-        raise ConfigError(f"{role} {run_id!r} is not a run in the tracking store {client.tracking_uri}") from None
+    if tracking.find_run(run_id) is None:
+        raise ConfigError(f"{role} {run_id!r} is not a run in the tracking store {tracking.tracking_uri()}")
     with tempfile.TemporaryDirectory(prefix="distill-baseline-") as tmp:
-        try:
-            local = tracking.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=tmp)
-        except (MlflowException, OSError):
-            raise ConfigError(f"{role} {run_id!r} has no {artifact_path} artifact; is it an evaluate run?") from None
+        local = tracking.find_artifact(run_id, artifact_path, dst_path=tmp)
+        if local is None:
+            raise ConfigError(f"{role} {run_id!r} has no {artifact_path} artifact; is it an evaluate run?")
         return read_predictions(local, source=f"runs:/{run_id}/{artifact_path}")
 
 
@@ -467,11 +472,40 @@ def log_comparison(
             tracking.log_artifact(path, artifact_dir)
         return paths
 
-    if local_dir is None:
-        with tempfile.TemporaryDirectory() as tmp:
-            write_and_log(Path(tmp))
-        return {}
-    return write_and_log(Path(local_dir))
+    return _write_in(local_dir, write_and_log)
+
+
+def log_adapter_vs_base(
+    adapter: EvalResult,
+    base: EvalResult,
+    comparison: dict[str, float],
+    *,
+    new_label: str,
+    base_cached: bool,
+    base_cache_file: str | Path,
+    n_boot: int,
+    seed: int,
+    out_dir: str | Path,
+) -> None:
+    """An adapter scored against its base on one test split, as train and register both log it:
+    `eval/*` and `base/*` (files under `out_dir` too), the `compare/*` comparison, and the base
+    cache tags that show whether the base was scored now or read back."""
+    from distill import tracking
+
+    out_dir = Path(out_dir)
+    log_eval_result(adapter, prefix="eval", artifact_dir="evaluation", local_dir=out_dir / "evaluation")
+    log_eval_result(base, prefix="base", artifact_dir="evaluation_base", local_dir=out_dir / "evaluation_base")
+    tracking.set_tags({"base.cache": "hit" if base_cached else "miss", "base.cache_file": str(base_cache_file)})
+    log_comparison(
+        comparison,
+        base.predictions,
+        adapter.predictions,
+        base_label="base",
+        new_label=new_label,
+        n_boot=n_boot,
+        seed=seed,
+        local_dir=out_dir / "comparison",
+    )
 
 
 def item_changes(base_df, new_df):

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from distill.contracts import PREDICTION_COLUMNS, MCQItem
-from distill.errors import ConfigError, DistillError, InputError
+from distill.errors import ConfigError, DistillError
+from distill.evaluation import require_gold
 
 GENERATE_COLUMNS = [*PREDICTION_COLUMNS, "text", "reasoning", "parsed"]
 """The prediction rows of `distill.contracts` and what generation adds (no `score_k`: nothing is scored)."""
@@ -103,13 +104,7 @@ def generate_predictions(
     from distill.llm import ResponseCache
     from distill.llm.local import LocalBackend
 
-    if not items:
-        raise ConfigError("no items to evaluate")
-    for item in items:
-        if item.answer is None:
-            raise InputError(
-                item.source or "<items>", f"item {item.id!r} has no gold answer; evaluation needs one", field="answer"
-            )
+    require_gold(items)
     if max_new_tokens < 1:
         raise ConfigError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     requests = generation_requests(items, thinking=thinking, max_new_tokens=max_new_tokens, seed=seed)

@@ -148,10 +148,10 @@ def resolve_adapter(adapter: str | os.PathLike) -> Path:
     if not text:
         raise ConfigError("adapter is empty")
     if is_mlflow_uri(text):
-        import mlflow
+        from distill import tracking
 
         try:
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=text))
+            local = Path(tracking.download_artifacts(artifact_uri=text))
         except Exception as exc:  # MlflowException, OSError, ...: all mean "not there"
             raise ConfigError(f"adapter {text!r} could not be downloaded from MLflow: {exc}") from None
         if local.is_file():

@@ -137,11 +137,11 @@ def load_pairs(source: str | Path, download_dir: str | Path | None = None) -> Pa
         raise ConfigError("pairs: no source given")
     local = Path(text)
     if not local.exists() and is_mlflow_uri(text):
-        import mlflow
+        from distill import tracking
 
         target = Path(download_dir) if download_dir else Path(tempfile.mkdtemp(prefix="distill-pairs-"))
         try:
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=text, dst_path=str(target)))
+            local = Path(tracking.download_artifacts(artifact_uri=text, dst_path=str(target)))
         except Exception as exc:  # mlflow raises several types for a missing run or path
             raise ConfigError(f"pairs: cannot download {text}: {exc}") from None
     read_path, rows = _rows_from_local(local)

@@ -33,11 +33,11 @@ def _same_template(a: Any, b: Any) -> bool:
 
 def latest_prompt_version(name: str):
     """The latest registered version of `name`, or None when there is none."""
-    from mlflow import MlflowClient
+    from distill import tracking
 
     # cache_ttl_seconds=0: MLflow caches alias lookups for 60 s by default, which would hide
     # a version registered a moment ago (or one from another store).
-    return MlflowClient().load_prompt(f"prompts:/{name}@latest", allow_missing=True, cache_ttl_seconds=0)
+    return tracking.client().load_prompt(f"prompts:/{name}@latest", allow_missing=True, cache_ttl_seconds=0)
 
 
 def ensure_prompt(
@@ -49,21 +49,14 @@ def ensure_prompt(
 ) -> str:
     """Register `template` under `name` unless the latest version already has exactly this text;
     return the URI of the version that holds it (`prompts:/<name>/<version>`)."""
-    import warnings
-
-    import mlflow
+    from distill import tracking
 
     latest = latest_prompt_version(name)
     if latest is not None and _same_template(latest.template, template):
         return f"prompts:/{name}/{latest.version}"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # genai API migration notices
-        version = mlflow.genai.register_prompt(
-            name=name,
-            template=template,
-            commit_message=commit_message or "registered by distill",
-            tags={str(k): str(v) for k, v in (tags or {}).items()},
-        )
+    version = tracking.register_prompt(
+        name, template, commit_message=commit_message or "registered by distill", tags=tags or {}
+    )
     return f"prompts:/{name}/{version.version}"
 
 
@@ -87,16 +80,15 @@ def log_prompt_versions(uris: Iterable[str]) -> dict[str, str]:
     Tag `prompts` (comma-separated URIs), artifact `prompts.json` ({name: uri}), and a run link
     in the prompt registry.
     """
-    import mlflow
-    from mlflow import MlflowClient
+    from distill import tracking
 
     by_name = {prompt_name_of(uri): uri for uri in uris}
-    run = mlflow.active_run()
-    if run is None:
+    run_id = tracking.active_run_id()
+    if run_id is None:
         raise RuntimeError("log_prompt_versions needs an active MLflow run")
-    mlflow.set_tag(PROMPTS_TAG, ",".join(by_name[name] for name in sorted(by_name)))
-    mlflow.log_dict(dict(sorted(by_name.items())), PROMPTS_ARTIFACT)
-    client = MlflowClient()
+    tracking.set_tags({PROMPTS_TAG: ",".join(by_name[name] for name in sorted(by_name))})
+    tracking.log_dict(dict(sorted(by_name.items())), PROMPTS_ARTIFACT)
+    client = tracking.client()
     for uri in by_name.values():
-        client.link_prompt_version_to_run(run.info.run_id, uri)
+        client.link_prompt_version_to_run(run_id, uri)
     return by_name

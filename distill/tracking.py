@@ -187,6 +187,22 @@ def register_model(model_uri: str, name: str, tags: Mapping[str, str] | None = N
     return mlflow.register_model(model_uri, name, tags=dict(tags or {}))
 
 
+def register_prompt(name: str, template: Any, *, commit_message: str, tags: Mapping[str, Any]):
+    """A new version of prompt `name` in MLflow's prompt registry; MLflow's PromptVersion."""
+    import warnings
+
+    import mlflow
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # genai API migration notices
+        return mlflow.genai.register_prompt(
+            name=name,
+            template=template,
+            commit_message=commit_message,
+            tags={str(k): redact(str(v)) for k, v in tags.items()},
+        )
+
+
 def active_run_id() -> str | None:
     import mlflow
 

@@ -512,28 +512,20 @@ def score_test_split(cfg: RegisterConfig, candidate: Candidate, items: list[Any]
 
 def log_scores(cfg: RegisterConfig, scores: TestScores, out_dir: Path) -> None:
     """Both evaluations, the comparison, and where each side's predictions came from."""
-    from distill.evaluation import log_comparison, log_eval_result
+    from distill.evaluation import log_adapter_vs_base
 
-    base = scores.base.result
-    log_eval_result(scores.adapter, prefix="eval", artifact_dir="evaluation", local_dir=out_dir / "evaluation")
-    log_eval_result(base, prefix="base", artifact_dir="evaluation_base", local_dir=out_dir / "evaluation_base")
-    log_comparison(
+    log_adapter_vs_base(
+        scores.adapter,
+        scores.base.result,
         scores.comparison,
-        base.predictions,
-        scores.adapter.predictions,
-        base_label="base",
         new_label="candidate",
+        base_cached=scores.base.hit,
+        base_cache_file=scores.base.path,
         n_boot=cfg.bootstrap_samples,
         seed=cfg.seed,
-        local_dir=out_dir / "comparison",
+        out_dir=out_dir,
     )
-    tracking.set_tags(
-        {
-            "base.cache": "hit" if scores.base.hit else "miss",
-            "base.cache_file": str(scores.base.path),
-            "eval.scored": "now" if scores.scored_now else f"predictions_run {cfg.predictions_run}",
-        }
-    )
+    tracking.set_tags({"eval.scored": "now" if scores.scored_now else f"predictions_run {cfg.predictions_run}"})
 
 
 def register_version(

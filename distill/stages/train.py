@@ -543,23 +543,19 @@ def log_training_data(data: TrainData, folder: Path) -> None:
 
 def log_scores(cfg: TrainConfig, scores: Scores, run_dir: Path) -> None:
     """Dev metrics, both evaluations (files under the run folder too), the cache tags, the comparison."""
-    from distill.evaluation import log_comparison, log_eval_result
+    from distill.evaluation import log_adapter_vs_base
 
     tracking.log_metrics({k: v for k, v in scores.metrics.items() if k.startswith(("dev/", "base_dev/"))})
-    log_eval_result(scores.adapter_eval, prefix="eval", artifact_dir="evaluation", local_dir=run_dir / "evaluation")
-    log_eval_result(
-        scores.base_eval, prefix="base", artifact_dir="evaluation_base", local_dir=run_dir / "evaluation_base"
-    )
-    tracking.set_tags({"base.cache": "hit" if scores.cache_hit else "miss", "base.cache_file": scores.cache_file})
-    log_comparison(
+    log_adapter_vs_base(
+        scores.adapter_eval,
+        scores.base_eval,
         scores.comparison,
-        scores.base_eval.predictions,
-        scores.adapter_eval.predictions,
-        base_label="base",
         new_label="adapter",
+        base_cached=scores.cache_hit,
+        base_cache_file=scores.cache_file,
         n_boot=cfg.bootstrap_samples,
         seed=cfg.seed,
-        local_dir=run_dir / "comparison",
+        out_dir=run_dir,
     )
 
 

@@ -14,6 +14,9 @@ Run alone (for benchmarks): `python -m tests.fakes.fake_gemini --latency 0.2 --p
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from typing import Any
 
 from . import FakeLLMServer, FaultPlan, expected_choice, run_main, token_count
@@ -105,3 +108,21 @@ def _error(code: int, message: str) -> dict[str, Any]:
 
 if __name__ == "__main__":
     run_main(FakeGeminiServer)
+
+
+def stage_process(stage: str, cfg: Any, fields: list[str], base_url: str, *, cwd: Any = None) -> subprocess.Popen:
+    """`python -m distill <stage>` in a child process, its teacher the fake Gemini server at
+    base_url, its parameters `cfg`'s values of `fields` (the child is killed in fault tests)."""
+    args = ["--teacher_backend", "gemini"]
+    for name in fields:
+        args += [f"--{name}", str(getattr(cfg, name))]
+    env = dict(os.environ, GOOGLE_GEMINI_BASE_URL=base_url, GEMINI_API_KEY="dummy-key-for-the-fake-server")
+    env.pop("GOOGLE_API_KEY", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "distill", stage, *args],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )

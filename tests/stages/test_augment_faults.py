@@ -12,16 +12,13 @@ the live runs reproduce the embedded default's candidates."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from distill.stages.augment import AugmentConfig, run
 from tests.fakes import FaultPlan, kill_when_settled
-from tests.fakes.fake_gemini import FakeGeminiServer, gemini_prompt
+from tests.fakes.fake_gemini import FakeGeminiServer, gemini_prompt, stage_process
 from tests.mine_helpers import cache_rows
 
 REPO = Path(__file__).resolve().parents[2]
@@ -151,39 +148,18 @@ def test_every_candidate_finishes_through_every_fault_and_nothing_is_fetched_twi
 KILL_AFTER = 6
 
 
-def _entry_point(cfg: AugmentConfig, base_url: str, cwd: Path) -> subprocess.Popen:
-    args = [
-        "--teacher_backend",
-        "gemini",
-        "--teacher",
-        MODEL,
-        "--max_seeds",
-        str(MAX_SEEDS),
-        "--cache_path",
-        cfg.cache_path,
-        "--output_dir",
-        cfg.output_dir,
-        "--timeout_s",
-        str(cfg.timeout_s),
-        "--max_retries",
-        str(cfg.max_retries),
-        "--backoff_base_s",
-        str(cfg.backoff_base_s),
-        "--backoff_max_s",
-        str(cfg.backoff_max_s),
-        "--concurrency",
-        str(cfg.concurrency),
-    ]
-    env = dict(os.environ, GOOGLE_GEMINI_BASE_URL=base_url, GEMINI_API_KEY="dummy-key-for-the-fake-server")
-    env.pop("GOOGLE_API_KEY", None)
-    return subprocess.Popen(
-        [sys.executable, "-m", "distill", "augment", *args],
-        env=env,
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+STAGE_FIELDS = [
+    "teacher",
+    "max_seeds",
+    "cache_path",
+    "output_dir",
+    "timeout_s",
+    "max_retries",
+    "backoff_base_s",
+    "backoff_max_s",
+    "concurrency",
+]
+"""What the killed child process is given on its command line."""
 
 
 def test_sigkill_then_rerun_gives_the_same_dataset_and_pays_nothing_twice(
@@ -197,7 +173,7 @@ def test_sigkill_then_rerun_gives_the_same_dataset_and_pays_nothing_twice(
     cfg = live_config(tmp_path, "killed")
     with server:
         server.hold_after(KILL_AFTER)
-        victim = _entry_point(cfg, server.base_url, tmp_path)
+        victim = stage_process("augment", cfg, STAGE_FIELDS, server.base_url, cwd=tmp_path)
         stored_before = kill_when_settled(victim, server, lambda: cache_rows(Path(cfg.cache_path), "gemini"))
         assert not (Path(cfg.output_dir) / "pairs").exists()
         assert 0 < stored_before < n_requests

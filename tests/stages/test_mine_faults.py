@@ -6,9 +6,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,9 +14,8 @@ from distill.contracts import attempts_from_frame
 from distill.mining import decide
 from distill.stages.mine import run
 from tests.fakes import FaultPlan, kill_when_settled
-from tests.fakes.fake_gemini import FakeGeminiServer
+from tests.fakes.fake_gemini import FakeGeminiServer, stage_process
 from tests.mine_helpers import (
-    TEACHER_MODEL,
     bundled_seeds,
     cache_keys,
     cache_rows,
@@ -138,38 +134,18 @@ def test_a_request_that_keeps_failing_is_a_failure_row_and_the_rerun_fetches_it(
 KILL_AFTER = 9
 
 
-def _entry_point(cfg, base_url: str) -> subprocess.Popen:
-    args = [
-        "--teacher_backend",
-        "gemini",
-        "--teacher",
-        TEACHER_MODEL,
-        "--judge",
-        cfg.judge,
-        "--cache_path",
-        cfg.cache_path,
-        "--output_dir",
-        cfg.output_dir,
-        "--timeout_s",
-        str(cfg.timeout_s),
-        "--max_retries",
-        str(cfg.max_retries),
-        "--backoff_base_s",
-        str(cfg.backoff_base_s),
-        "--backoff_max_s",
-        str(cfg.backoff_max_s),
-        "--concurrency",
-        str(cfg.concurrency),
-    ]
-    env = dict(os.environ, GOOGLE_GEMINI_BASE_URL=base_url, GEMINI_API_KEY="dummy-key-for-the-fake-server")
-    env.pop("GOOGLE_API_KEY", None)
-    return subprocess.Popen(
-        [sys.executable, "-m", "distill", "mine", *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+STAGE_FIELDS = [
+    "teacher",
+    "judge",
+    "cache_path",
+    "output_dir",
+    "timeout_s",
+    "max_retries",
+    "backoff_base_s",
+    "backoff_max_s",
+    "concurrency",
+]
+"""What the killed child process is given on its command line."""
 
 
 def test_sigkill_then_rerun_gives_identical_outputs_and_pays_nothing_twice(
@@ -194,7 +170,7 @@ def test_sigkill_then_rerun_gives_identical_outputs_and_pays_nothing_twice(
     cfg = live_teacher_config(tmp_path, "killed")
     with server:
         server.hold_after(KILL_AFTER)
-        victim = _entry_point(cfg, server.base_url)
+        victim = stage_process("mine", cfg, STAGE_FIELDS, server.base_url)
         stored_before = kill_when_settled(victim, server, lambda: cache_rows(Path(cfg.cache_path), "gemini"))
         assert not (Path(cfg.output_dir) / "hard_negatives.jsonl").exists()
         assert 0 < stored_before < n_live
