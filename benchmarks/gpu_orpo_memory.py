@@ -52,14 +52,18 @@ QWEN3_14B_SHAPE = {
 """Qwen3-14B's config.json (the architecture numbers only)."""
 
 
-def _tiny_shape() -> dict:
-    """The test suite's tiny Qwen3 (distill.tiny_qwen3), untied so that it has Qwen3-14B's layout."""
+SHAPES = ("qwen3-14b", "tiny")
+
+
+def shape_config(shape: str) -> dict:
+    """Qwen3-14B's numbers, or the test suite's tiny Qwen3 (distill.tiny_qwen3) untied like Qwen3-14B."""
+    if shape == "qwen3-14b":
+        return QWEN3_14B_SHAPE
     from distill.tiny_qwen3 import MODEL_CONFIG, VOCAB_SIZE_TARGET
 
     return {**MODEL_CONFIG, "vocab_size": VOCAB_SIZE_TARGET, "tie_word_embeddings": False}
 
 
-SHAPES = {"qwen3-14b": lambda: QWEN3_14B_SHAPE, "tiny": _tiny_shape}
 TARGET_PEAK_GIB = 32.0
 TARGET_SPEEDUP = 1.5
 GIB = 1024**3
@@ -99,7 +103,10 @@ def build_random_model(shape: str) -> Path:
         return target
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("tiny-qwen3"))
     config = Qwen3Config(
-        **SHAPES[shape](), pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None
+        **shape_config(shape),
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
     )
     device = "cuda" if torch.cuda.is_available() else "cpu"
     started = time.perf_counter()

@@ -256,7 +256,6 @@ def _plan(cfg: SweepConfig) -> tuple[SweepSpace, int, str]:
 
 def _join_study(cfg: SweepConfig, space: SweepSpace, study_name: str, env_run_id: str | None) -> tuple[Any, str, str]:
     """(study, parent run id, the parent's experiment), creating what does not exist yet."""
-
     storage = open_storage(cfg.storage, on_dead_trial=mark_dead_child)
     with study_lock(cfg.storage, study_name):
         study, created = _load_or_create_study(storage, space, study_name, cfg)
@@ -307,7 +306,6 @@ def _log_sweep(cfg: SweepConfig, space: SweepSpace, study_name: str, n_trials: i
 
     A resumed or joined sweep leaves params already there as they are (MLflow refuses to change
     one): the first worker's values stand."""
-
     params = {
         "study_name": study_name,
         "storage": redact_storage(cfg.storage),
@@ -351,7 +349,6 @@ def _run_trials(
     started: float,
 ) -> list[TrialRecord]:
     """Reserve and run trials until the study's budget is used up (or this worker's timeout)."""
-
     records: list[TrialRecord] = []
     while True:
         if cfg.timeout_s is not None and time.perf_counter() - started > cfg.timeout_s:
@@ -483,7 +480,6 @@ def trial_kwargs(
     space: SweepSpace, cfg: SweepConfig, suggested: Mapping[str, Any], *, experiment: str
 ) -> dict[str, Any]:
     """TrainConfig keyword arguments of one trial: fixed < sweep parameters < overrides < suggested."""
-
     kwargs: dict[str, Any] = dict(space.fixed)
     for name in ("student", "pairs", "eval_dataset"):
         if getattr(cfg, name) is not None:

@@ -110,11 +110,27 @@ if __name__ == "__main__":
     run_main(FakeGeminiServer)
 
 
-def stage_process(stage: str, cfg: Any, fields: list[str], base_url: str, *, cwd: Any = None) -> subprocess.Popen:
+LIVE_TEACHER_FIELDS = (
+    "teacher",
+    "cache_path",
+    "output_dir",
+    "timeout_s",
+    "max_retries",
+    "backoff_base_s",
+    "backoff_max_s",
+    "concurrency",
+)
+"""The fields mine and augment both take for a live teacher: always passed to the child."""
+
+
+def stage_process(
+    stage: str, cfg: Any, base_url: str, *, extra_fields: tuple[str, ...] = (), cwd: Any = None
+) -> subprocess.Popen:
     """`python -m distill <stage>` in a child process, its teacher the fake Gemini server at
-    base_url, its parameters `cfg`'s values of `fields` (the child is killed in fault tests)."""
+    base_url, its parameters `cfg`'s values of LIVE_TEACHER_FIELDS and `extra_fields` (the child
+    is killed in fault tests)."""
     args = ["--teacher_backend", "gemini"]
-    for name in fields:
+    for name in (*LIVE_TEACHER_FIELDS, *extra_fields):
         args += [f"--{name}", str(getattr(cfg, name))]
     env = dict(os.environ, GOOGLE_GEMINI_BASE_URL=base_url, GEMINI_API_KEY="dummy-key-for-the-fake-server")
     env.pop("GOOGLE_API_KEY", None)

@@ -148,20 +148,6 @@ def test_every_candidate_finishes_through_every_fault_and_nothing_is_fetched_twi
 KILL_AFTER = 6
 
 
-STAGE_FIELDS = [
-    "teacher",
-    "max_seeds",
-    "cache_path",
-    "output_dir",
-    "timeout_s",
-    "max_retries",
-    "backoff_base_s",
-    "backoff_max_s",
-    "concurrency",
-]
-"""What the killed child process is given on its command line."""
-
-
 def test_sigkill_then_rerun_gives_the_same_dataset_and_pays_nothing_twice(
     mlflow_store, gemini_env, scripted, tmp_path, capsys
 ):
@@ -173,7 +159,7 @@ def test_sigkill_then_rerun_gives_the_same_dataset_and_pays_nothing_twice(
     cfg = live_config(tmp_path, "killed")
     with server:
         server.hold_after(KILL_AFTER)
-        victim = stage_process("augment", cfg, STAGE_FIELDS, server.base_url, cwd=tmp_path)
+        victim = stage_process("augment", cfg, server.base_url, extra_fields=("max_seeds",), cwd=tmp_path)
         stored_before = kill_when_settled(victim, server, lambda: cache_rows(Path(cfg.cache_path), "gemini"))
         assert not (Path(cfg.output_dir) / "pairs").exists()
         assert 0 < stored_before < n_requests

@@ -134,20 +134,6 @@ def test_a_request_that_keeps_failing_is_a_failure_row_and_the_rerun_fetches_it(
 KILL_AFTER = 9
 
 
-STAGE_FIELDS = [
-    "teacher",
-    "judge",
-    "cache_path",
-    "output_dir",
-    "timeout_s",
-    "max_retries",
-    "backoff_base_s",
-    "backoff_max_s",
-    "concurrency",
-]
-"""What the killed child process is given on its command line."""
-
-
 def test_sigkill_then_rerun_gives_identical_outputs_and_pays_nothing_twice(
     mlflow_store, tmp_path, monkeypatch, capsys
 ):
@@ -170,7 +156,7 @@ def test_sigkill_then_rerun_gives_identical_outputs_and_pays_nothing_twice(
     cfg = live_teacher_config(tmp_path, "killed")
     with server:
         server.hold_after(KILL_AFTER)
-        victim = stage_process("mine", cfg, STAGE_FIELDS, server.base_url)
+        victim = stage_process("mine", cfg, server.base_url, extra_fields=("judge",))
         stored_before = kill_when_settled(victim, server, lambda: cache_rows(Path(cfg.cache_path), "gemini"))
         assert not (Path(cfg.output_dir) / "hard_negatives.jsonl").exists()
         assert 0 < stored_before < n_live
