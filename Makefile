@@ -5,6 +5,9 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= dev
 PYTEST_ARGS ?=
+# Written by `setup`; `demo`, `lint` and `test` set up first when it is missing or older than the
+# package's requirements, so each works from a fresh clone.
+SETUP_STAMP := $(VENV)/.distill-setup
 
 .PHONY: setup demo lint format generate test bench clean
 
@@ -18,29 +21,33 @@ setup: $(BIN)/python
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
 	$(BIN)/pip install -q -c constraints.txt -e ".[$(EXTRAS)]"
 	@$(BIN)/python -c "import torch, transformers, trl, mlflow; print('distill setup ok: torch', torch.__version__, '| transformers', transformers.__version__, '| trl', trl.__version__, '| mlflow', mlflow.__version__)"
+	@touch $(SETUP_STAMP)
+
+$(SETUP_STAMP): pyproject.toml constraints.txt
+	$(MAKE) setup
 
 # The whole method on the embedded default, offline.
-demo: setup
+demo: $(SETUP_STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/mlflow run . -e pipeline --env-manager local --experiment-name distill-pipeline
 
 # ruff (configured in pyproject.toml) and the generated files (MLproject, README tables).
-lint:
+lint: $(SETUP_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m distill generate --check
 
-format:
+format: $(SETUP_STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
 # MLproject and the README's parameter tables, from the stage registry and config dataclasses.
-generate:
+generate: $(SETUP_STAMP)
 	$(BIN)/python -m distill generate
 
 test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench:
+bench: $(SETUP_STAMP)
 	$(BIN)/python benchmarks/eval_throughput.py
 	$(BIN)/python benchmarks/teacher_throughput.py
 
