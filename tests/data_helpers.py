@@ -64,17 +64,24 @@ def kice_problem(number: int, answer: Any = 1, **more: Any) -> dict[str, Any]:
     return problem
 
 
-def kice_passages(sizes: list[int], prefix: str = "KICE") -> list[dict[str, Any]]:
-    """Passages holding `sizes[i]` questions each, numbered 1.. across passages."""
+def kice_passages(
+    sizes: list[int], prefix: str = "KICE", ranges: list[tuple[int, int]] | None = None
+) -> list[dict[str, Any]]:
+    """Passages holding `sizes[i]` questions each, numbered 1.. across passages.
+
+    Ids are `<prefix>_<index>`, or with `ranges` the real files' `<prefix>_<first>-<last>`
+    (a passage may hold more questions than its range: the real files append stand-alone ones).
+    """
     passages, number = [], 0
     for index, size in enumerate(sizes, start=1):
         problems = []
         for _ in range(size):
             number += 1
             problems.append(kice_problem(number, answer=(number % 5) + 1))
+        suffix = f"{ranges[index - 1][0]}-{ranges[index - 1][1]}" if ranges else str(index)
         passages.append(
             {
-                "id": f"{prefix}_{index}",
+                "id": f"{prefix}_{suffix}",
                 "paragraph": f" 지문 {index}. 다음 글을 읽고 물음에 답하시오.",
                 "problems": problems,
             }
@@ -106,3 +113,18 @@ def write_jsonl_rows(path: Path, rows: list[Any]) -> Path:
     lines = [row if isinstance(row, str) else json.dumps(row, ensure_ascii=False) for row in rows]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def exam_passages(year: int, sizes: list[int], extras: dict[int, int] | None = None) -> list[dict[str, Any]]:
+    """A KICE exam file's passages with the real id format `<year>_11_KICE_<first>-<last>`.
+
+    `extras[i]`: passage i (0-based) also holds that many stand-alone questions after its range,
+    as the real files do (`2019_11_KICE_8-10` holds questions 8 to 11).
+    """
+    extras = extras or {}
+    ranges, first = [], 1
+    for index, size in enumerate(sizes):
+        ranges.append((first, first + size - 1))
+        first += size + extras.get(index, 0)
+    totals = [size + extras.get(index, 0) for index, size in enumerate(sizes)]
+    return kice_passages(totals, prefix=f"{year}_11_KICE", ranges=ranges)

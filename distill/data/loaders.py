@@ -7,14 +7,26 @@ Formats (docs/design.md, "Data flow and contracts"):
 - `kice`: JSON list of passages `{id, paragraph, type?, problems: [{question, choices, answer,
   score, question_plus?, no_paragraph?}]}`; questions are numbered 1.. in file order across
   passages, ids are `<file stem>-<number>`, subjects come from the exam layout (subjects.py).
-- `kmmlu`: CSV `question, A, B, C, D, answer (1-4)[, Category]`; ids `<file stem>-<row>`.
+  Counting makes one missing question shift every later subject, so a passage id ending in a
+  range (`2019_11_KICE_18-21`, as in the real files) is checked against the questions present.
+- `kmmlu`: CSV `question, A, B, C, D[, E, ...], answer (1-based)[, Category]`; a blank optional
+  column (E, ...) at the end of a row means fewer choices; ids `<file stem>-<row>`.
 - `jsonl`: the canonical form itself, one object per line.
+
+An answer is a whole number, or absent/null/empty for "no gold answer"; NaN, infinity and the
+words nan/none/null are errors, not "no answer". A control character inside an id is an error
+(normalising would change the key silently). A subject map none of whose keys is an item id or
+subject of the file is an error. A file that is not text (UTF-16, xlsx, gzip, ...) or a CSV with
+another delimiter is named for what it appears to be. JSON nested deeper than
+`distill.io.MAX_JSON_DEPTH` is an error, not a RecursionError.
 
 Where an error points:
 - CSV: `row` is the 1-based data record (the header and blank lines are not counted; a
   quoted cell may span several lines), `field` the column or the key inside `problems`.
   A fault in the header (a missing column) is reported at row 1, the first row that lacks it.
-- kice: `row` is the question number (1..45); a JSON syntax error gives the line instead.
+- kice: `row` is the question number (1..45); a JSON syntax error or too-deep nesting gives
+  the line instead.
+- A whole-file fault (not text, wrong delimiter) is reported at row 1.
 - jsonl: `row` is the line number.
 
 Every text field goes through `normalize_text` before it is checked, so a choice that is only
@@ -29,6 +41,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -37,12 +50,18 @@ from typing import Any, NoReturn
 
 from distill.contracts import MCQItem
 from distill.data.normalize import normalize_text
-from distill.data.schema import check_unique_ids, item_from_dict, validate_item_fields
-from distill.data.subjects import apply_subject_map, exam_year_from_name, kice_layout, kice_subject
+from distill.data.schema import check_id_text, check_unique_ids, item_from_dict, validate_item_fields
+from distill.data.subjects import (
+    apply_subject_map,
+    exam_year_from_name,
+    kice_layout,
+    kice_subject,
+    unmatched_subject_map,
+)
 from distill.errors import InputError
 from distill.io import UNDECODABLE as _UNDECODABLE
 from distill.io import UTF8_BOM as _UTF8_BOM
-from distill.io import iter_jsonl, write_jsonl
+from distill.io import describe_non_text, iter_jsonl, json_nesting_fault, load_json_text, nesting_message, write_jsonl
 
 FORMATS: tuple[str, ...] = ("competition", "kice", "kmmlu", "jsonl")
 """The `format` values every entry point accepts (besides `auto`)."""
@@ -60,6 +79,7 @@ def load_items(
     *,
     require_answer: bool = False,
     allow_duplicate_choices: bool = False,
+    subject_map_must_match: bool = True,
 ) -> list[MCQItem]:
     """Load an MCQ file as canonical items; any fault is an InputError naming file, row, field.
 
@@ -70,12 +90,16 @@ def load_items(
     set; then the item is kept and its equal choices are listed in
     `extra["duplicate_choices"]` (the real competition train and test files each have one
     such item, a translation artifact).
+    `subject_map_must_match`: a subject map none of whose keys is an item id or a subject of
+    this file is an error (a map written for another file, or keys spelled differently), unless
+    this is False (a caller that applies one map to several files on purpose).
     """
     checks = _Checks(require_answer, allow_duplicate_choices)
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "no such file" if not path.exists() else "not a regular file")
     mapping = _resolve_subject_map(subject_map)
+    map_origin = subject_map if isinstance(subject_map, (str, os.PathLike)) and mapping is not None else None
     fmt = str(format or "auto").strip().lower()
     if fmt != "auto" and fmt not in FORMATS:
         raise InputError(path, f"unknown format {format!r}; {_FORMAT_HINT}", field="format")
@@ -94,6 +118,8 @@ def load_items(
         items, rows = _jsonl_items(path, checks)
 
     check_unique_ids(path, items, rows)
+    if mapping and subject_map_must_match:
+        _check_subject_map_matches(path, map_origin, mapping, items)
     return apply_subject_map(items, mapping)
 
 
@@ -212,7 +238,13 @@ def _format_from_header(path: Path, header: list[str]) -> str:
 
 
 def decode_text(path: Path, raw: bytes) -> str:
-    """UTF-8 (BOM or not) first, strictly; then CP949; else an InputError."""
+    """UTF-8 (BOM or not) first, strictly; then CP949; else an InputError.
+
+    A file that is not text in either (UTF-16, a workbook, an archive) is named for what it
+    appears to be, with what to do, before any attempt to decode it.
+    """
+    if not raw.startswith(_UTF8_BOM) and (what := describe_non_text(raw)) is not None:
+        raise InputError(path, what, row=1)
     if raw.startswith(_UTF8_BOM):
         raw = raw[len(_UTF8_BOM) :]
         try:
@@ -281,6 +313,7 @@ def _read_csv(path: Path) -> _Table:
                 continue
             if not header:
                 header = [cell.strip() for cell in record]
+                _check_delimiter(path, header)
                 columns = _header_columns(path, header)
                 continue
             row = len(records) + 1
@@ -302,6 +335,26 @@ def _read_csv(path: Path) -> _Table:
     if not records:
         raise InputError(path, "no data rows after the header", row=1)
     return _Table(header, records, columns)
+
+
+_OTHER_DELIMITERS = {";": "semicolon", "\t": "tab", "|": "pipe"}
+
+
+def _check_delimiter(path: Path, header: list[str]) -> None:
+    """A header that reads as one column but holds `;`, tab or `|` is a file with another delimiter."""
+    named = [name for name in header if name]
+    if len(named) != 1:
+        return
+    counts = {sep: named[0].count(sep) for sep in _OTHER_DELIMITERS}
+    sep = max(counts, key=lambda key: counts[key])
+    if counts[sep]:
+        raise InputError(
+            path,
+            f"the header reads as one column {named[0][:60]!r}: the file looks {_OTHER_DELIMITERS[sep]}-delimited "
+            f"({counts[sep]} {sep!r} in the header); this loader reads comma-separated CSV, so re-save it "
+            "with commas (quoting cells that contain commas)",
+            row=1,
+        )
 
 
 def _header_columns(path: Path, header: list[str]) -> dict[str, str]:
@@ -339,8 +392,11 @@ def _parse_problems(path: Path, row: int, text: str) -> dict[str, Any]:
     stripped = text.strip()
     if not stripped:
         raise InputError(path, "problems is empty", row, "problems")
+    fault = json_nesting_fault(stripped)
+    if fault is not None:
+        raise InputError(path, f"problems is {nesting_message()}", row, fault[1] or "problems")
     try:
-        value = json.loads(stripped)
+        value = load_json_text(stripped, path, row, "problems", what="problems")
     except json.JSONDecodeError as json_error:
         try:
             value = ast.literal_eval(stripped)
@@ -403,7 +459,7 @@ def _competition_items(path: Path, table: _Table, checks: _Checks):
     known = {"id", "paragraph", "problems", "question_plus", "category"}
     items, rows = [], []
     for row, cells in table.records:
-        item_id = normalize_text(cells["id"])
+        item_id = normalize_text(check_id_text(path, row, cells["id"]))
         if not item_id:
             raise InputError(path, "id is empty", row, "id")
         problems = _parse_problems(path, row, cells["problems"])
@@ -450,7 +506,7 @@ def _kmmlu_items(path: Path, table: _Table, checks: _Checks):
         item_id = f"{path.stem}-{row}"
         question = _question_text(path, row, cells["question"])
         choices, answer, flags = _checked_choices(
-            path, row, item_id, [cells[letter.lower()] for letter in labels], cells["answer"], checks
+            path, row, item_id, _kmmlu_choices(cells, labels), cells["answer"], checks
         )
         extra = {table.columns[k]: v for k, v in cells.items() if k not in known and v.strip()}
         extra.update(flags)
@@ -470,6 +526,21 @@ def _kmmlu_items(path: Path, table: _Table, checks: _Checks):
     return items, rows
 
 
+KMMLU_REQUIRED_CHOICES = 4
+"""A to D are required; E.. are optional columns, and a row may leave them blank."""
+
+
+def _kmmlu_choices(cells: dict[str, str], labels: list[str]) -> list[str]:
+    """The row's choices: trailing blank optional columns (E..) dropped, so blank E means 4 choices.
+
+    A blank optional choice followed by a filled one stays, and is reported as an empty choice.
+    """
+    values = [cells[letter.lower()] for letter in labels]
+    while len(values) > KMMLU_REQUIRED_CHOICES and not normalize_text(values[-1]):
+        values.pop()
+    return values
+
+
 # --------------------------------------------------------------------------- JSON formats
 
 
@@ -478,6 +549,8 @@ def _decode_json_file(path: Path) -> str:
     raw = path.read_bytes()
     if raw.startswith(_UTF8_BOM):
         raw = raw[len(_UTF8_BOM) :]
+    elif (what := describe_non_text(raw)) is not None:
+        raise InputError(path, what, row=1)
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -492,7 +565,7 @@ def _kice_items(path: Path, checks: _Checks, *, rules_required: bool):
     if not text.strip():
         raise InputError(path, "the file is empty", row=1)
     try:
-        passages = json.loads(text)
+        passages = load_json_text(text, path, None)
     except json.JSONDecodeError as exc:
         raise InputError(
             path, f"not valid JSON ({exc.msg}, line {exc.lineno} column {exc.colno})", row=exc.lineno
@@ -524,6 +597,7 @@ def _kice_items(path: Path, checks: _Checks, *, rules_required: bool):
         if not isinstance(problems, list) or not problems:
             raise InputError(path, f"{where}: problems must be a non-empty list", number + 1, "problems")
         paragraph = _text_field(path, number + 1, passage.get("paragraph"), "paragraph")
+        _check_passage_range(path, index, passage.get("id"), number + 1, len(problems))
         for problem in problems:
             number += 1
             if not isinstance(problem, dict):
@@ -569,6 +643,52 @@ def _kice_items(path: Path, checks: _Checks, *, rules_required: bool):
             )
             rows.append(number)
     return items, rows
+
+
+_PASSAGE_RANGE = re.compile(r"(?<!\d)(\d{1,3})\s*[-~\u2013]\s*(\d{1,3})\s*$")
+
+
+def passage_range(passage_id: Any) -> tuple[int, int] | None:
+    """The question range a KICE passage id ends with (`2019_11_KICE_18-21` → (18, 21)), or None."""
+    if not isinstance(passage_id, str):
+        return None
+    match = _PASSAGE_RANGE.search(passage_id)
+    if match is None:
+        return None
+    first, last = int(match.group(1)), int(match.group(2))
+    return (first, last) if 1 <= first <= last else None
+
+
+def _check_passage_range(path: Path, index: int, passage_id: Any, first_number: int, size: int) -> None:
+    """Questions are numbered by counting, so one missing question shifts every later subject.
+
+    Passage ids in the real files carry the range of questions they hold (`…_18-21`): the
+    passage must start at its first number and hold every number up to its last. It may hold
+    more: the files append the stand-alone questions that follow a passage to it (`2019_11_KICE_8-10`
+    holds 8-11), so only missing questions are caught, not extra ones.
+    """
+    claimed = passage_range(passage_id)
+    if claimed is None:
+        return
+    first, last = claimed
+    where = f"passage {index} ({passage_id})"
+    if first_number != first:
+        missing_or_extra = "a question before it is missing" if first_number < first else "it has extra questions"
+        raise InputError(
+            path,
+            f"{where} should start at question {first} but its first question is number {first_number} "
+            f"by count: {missing_or_extra}, or the passages are out of order; every later subject would be wrong",
+            first_number,
+            "problems",
+        )
+    if size < last - first + 1:
+        raise InputError(
+            path,
+            f"{where} holds {size} questions but its id says {first}-{last} ({last - first + 1}): "
+            "one of them is missing; every later subject would be wrong",
+            first,
+            "problems",
+        )
 
 
 _CANONICAL_TEXT_FIELDS = ("paragraph", "question", "question_plus", "subject", "source")
@@ -645,14 +765,19 @@ def _subject_map_from_object(path: Path, suffix: str) -> dict[str, str]:
     text = decode_text(path, path.read_bytes())
     if suffix == ".json":
         try:
-            data = json.loads(text)
+            data = load_json_text(text, path, None, what="subject map")
         except json.JSONDecodeError as exc:
             raise InputError(path, f"subject map is not valid JSON ({exc.msg})", row=exc.lineno) from None
     else:
         import yaml
 
+        fault = json_nesting_fault(text)
+        if fault is not None:
+            raise InputError(path, f"subject map is {nesting_message()}", row=fault[0], field=fault[1])
         try:
             data = yaml.safe_load(text)
+        except RecursionError:
+            raise InputError(path, f"subject map is {nesting_message()}", row=1) from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             raise InputError(
@@ -670,6 +795,28 @@ def _subject_map_from_object(path: Path, suffix: str) -> dict[str, str]:
             raise InputError(path, f"subject for {key!r} must be text", row, str(key))
         _add_map_entry(path, mapping, str(key), str(subject), row)
     return mapping
+
+
+MAX_LISTED = 5
+
+
+def _check_subject_map_matches(path: Path, origin, mapping: dict[str, str], items: list[MCQItem]) -> None:
+    """A map none of whose keys names an item id or a subject here would change nothing, silently."""
+    unmatched = unmatched_subject_map(items, mapping)
+    if unmatched is None:
+        return
+    subjects = sorted({item.subject for item in items})
+    listed = ", ".join(repr(key) for key in unmatched[:MAX_LISTED])
+    more = f" and {len(unmatched) - MAX_LISTED} more" if len(unmatched) > MAX_LISTED else ""
+    known = ", ".join(repr(subject) for subject in subjects[:MAX_LISTED])
+    known += f" and {len(subjects) - MAX_LISTED} more" if len(subjects) > MAX_LISTED else ""
+    message = (
+        f"none of the subject map's {len(unmatched)} keys is an item id or a subject of {path.name}: "
+        f"keys {listed}{more}; the file's subjects are {known}, its ids look like {items[0].id!r}"
+    )
+    if origin is not None:
+        raise InputError(origin, message, row=1, field="key")
+    raise InputError(path, message, field="subject_map")
 
 
 def _add_map_entry(path: Path, mapping: dict[str, str], key: str, subject: str, row: int) -> None:

@@ -6,6 +6,8 @@ source`. Every loader returns these, and every later stage reads only these.
 
 from __future__ import annotations
 
+import math
+import unicodedata
 from typing import Any
 
 from distill.contracts import MCQItem
@@ -55,29 +57,55 @@ def validate_item_fields(
     return tuple(texts), parsed_answer
 
 
+NO_ANSWER_HINT = "leave it empty (JSON null) for an item without a gold answer"
+
+
 def parse_answer(path, row: int | None, answer: Any, n_choices: int) -> int | None:
-    """A 1-based answer from int, float-like or digit string; None for empty/absent."""
+    """A 1-based answer from int, whole float or digit string; None only for absent/null/empty.
+
+    NaN, infinity and the words `nan`/`none`/`null` are errors, not "no answer": a NaN is what a
+    broken export leaves (a pandas round trip, a failed formula), and reading it as "no gold"
+    would silently drop the item from scoring. Callers that know a NaN means "missing" (a
+    pandas frame) turn it into None first.
+    """
     if answer is None:
         return None
-    if isinstance(answer, float):
-        if answer != answer:  # NaN from pandas means "no answer"
-            return None
-        if not answer.is_integer():
-            raise InputError(path, f"answer {answer!r} is not a whole number", row, "answer")
-        answer = int(answer)
+    shown = answer  # the value as the file wrote it, for the message
     if isinstance(answer, str):
-        text = answer.strip()
-        if text == "" or text.lower() in {"nan", "none", "null"}:
+        shown = answer = answer.strip()
+        if answer == "":
             return None
         try:
-            answer = int(float(text))
+            answer = float(answer)
         except ValueError:
-            raise InputError(path, f"answer {answer!r} is not a number", row, "answer") from None
+            raise InputError(path, f"answer {shown!r} is not a number; {NO_ANSWER_HINT}", row, "answer") from None
+    if isinstance(answer, float):
+        if not math.isfinite(answer):
+            raise InputError(path, f"answer {shown!r} is not a number; {NO_ANSWER_HINT}", row, "answer")
+        if not answer.is_integer():
+            raise InputError(path, f"answer {shown!r} is not a whole number", row, "answer")
+        answer = int(answer)
     if isinstance(answer, bool) or not isinstance(answer, int):
         raise InputError(path, f"answer {answer!r} is not a number", row, "answer")
     if not (1 <= answer <= n_choices):
         raise InputError(path, f"answer {answer} is out of range 1..{n_choices}", row, "answer")
     return answer
+
+
+def check_id_text(path, row: int | None, value: str) -> str:
+    """An id with surrounding space stripped; a control character inside it (NUL, ...) is an error.
+
+    Text normalisation drops control characters, which for an id would silently change the key
+    that subject maps, predictions and caches join on.
+    """
+    text = value.strip()
+    for position, ch in enumerate(text, start=1):
+        if unicodedata.category(ch) == "Cc":
+            name = unicodedata.name(ch, "") or {0: "NUL"}.get(ord(ch), "control character")
+            raise InputError(
+                path, f"id contains the control character U+{ord(ch):04X} ({name}) at position {position}", row, "id"
+            )
+    return text
 
 
 def check_unique_ids(path, items: list[MCQItem], rows: list[int] | None = None) -> None:
@@ -95,7 +123,7 @@ def item_from_dict(path, row: int, data: dict[str, Any], *, allow_duplicates: bo
     for name in ("id", "question", "choices"):
         if name not in data:
             raise InputError(path, "missing required field", row, name)
-    item_id = str(data["id"]).strip()
+    item_id = check_id_text(path, row, str(data["id"]))
     if not item_id:
         raise InputError(path, "id is empty", row, "id")
     question = data.get("question")

@@ -91,6 +91,18 @@ def kice_subject(year: int, question_number: int) -> str | None:
     return None
 
 
+def unmatched_subject_map(items: list[MCQItem], subject_map: Mapping[str, str]) -> list[str] | None:
+    """The map's keys when not one of them is an item id or a current subject; None when any is.
+
+    Such a map is a no-op that looks like it worked (a map for another file, ids spelled
+    differently); the loader turns it into an error.
+    """
+    known = {item.id for item in items} | {item.subject for item in items}
+    if any(key in known for key in subject_map):
+        return None
+    return list(subject_map)
+
+
 def apply_subject_map(items: list[MCQItem], subject_map: Mapping[str, str] | None) -> list[MCQItem]:
     """Re-label subjects: an item's id wins over its current subject (category) label."""
     if not subject_map:

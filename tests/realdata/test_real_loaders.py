@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import pytest
 
-from distill.data.loaders import items_digest, load_items, write_items_jsonl
+from distill.data.loaders import items_digest, load_items, passage_range, write_items_jsonl
 from distill.data.normalize import is_private_use
 from distill.errors import InputError
 
@@ -81,6 +82,29 @@ def test_kice_files_subjects_by_question_number(shared_data):
     assert len(all_items) == 225
     assert len({item.id for item in all_items}) == 225
     assert sum(bool(item.question_plus) for item in all_items) > 0
+
+
+@pytest.mark.parametrize("name", KICE_FILES)
+def test_kice_real_passage_ids_catch_a_missing_question(tmp_path, shared_data, name):
+    """Every real passage id carries its question range, so any one question dropped is an error."""
+    passages = json.loads((shared_data / name).read_text(encoding="utf-8"))
+    assert all(passage_range(passage["id"]) is not None for passage in passages)
+    number = 0
+    for index, passage in enumerate(passages):
+        for position in range(len(passage["problems"])):
+            number += 1
+            if number % 9 != 4:  # questions 4, 13, 22, 31, 40: in every section of both layouts
+                continue
+            damaged = json.loads(json.dumps(passages))
+            del damaged[index]["problems"][position]
+            if not damaged[index]["problems"]:
+                del damaged[index]
+            path = tmp_path / str(number) / (shared_data / name).name
+            path.parent.mkdir()
+            path.write_text(json.dumps(damaged, ensure_ascii=False), encoding="utf-8")
+            with pytest.raises(InputError) as info:
+                load_items(path)
+            assert info.value.field == "problems" and "is missing" in info.value.message
 
 
 def test_real_round_trip_through_canonical_jsonl(tmp_path, train_items):

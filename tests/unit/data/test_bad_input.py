@@ -3,14 +3,18 @@
 
 Rows: CSV rows count data records (row 1 of most CSV cases is a record whose quoted paragraph
 spans three lines, so a line-counting loader would report the wrong row); kice rows are
-question numbers (a JSON syntax error gives its line); jsonl rows are line numbers.
+question numbers (a JSON syntax error or too-deep nesting gives its line); jsonl rows are line
+numbers; a file that is not text at all (UTF-16, a workbook) is blamed at row 1.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import subprocess
 import sys
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +25,7 @@ from data_helpers import (
     canonical_row,
     competition_row,
     csv_text,
+    exam_passages,
     kice_passages,
     problems_json,
 )
@@ -76,6 +81,51 @@ def _wrong_encoding() -> bytes:
     good = comp([competition_row("c-2", paragraph="둘째 지문")], encoding="cp949")
     return good.replace("둘째 지문".encode("cp949"), "둘째".encode("cp949") + b" \xff\xfe ")
 
+
+DEEP = "[" * 1000 + "]" * 1000  # Python's JSON parser gives up near 1000 levels: a RecursionError
+
+
+def _deep_kice_choices() -> tuple[bytes, int]:
+    """A KICE file whose 5th question has a deeply nested first choice, and that choice's line."""
+    text = kice(lambda ps: None).decode()
+    marker = '"5번 선택지 1"'
+    line = text[: text.index(marker)].count("\n") + 1
+    return text.replace(marker, DEEP).encode(), line
+
+
+DEEP_KICE, DEEP_KICE_LINE = _deep_kice_choices()
+
+
+def _drop(passage_index, problem_index):
+    def mutate(passages):
+        del passages[passage_index]["problems"][problem_index]
+
+    return mutate
+
+
+def exam(year, sizes, mutate, extras=None) -> bytes:
+    passages = exam_passages(year, sizes, extras)
+    mutate(passages)
+    return json.dumps(passages, ensure_ascii=False, indent=1).encode("utf-8")
+
+
+def _xlsx() -> bytes:
+    """The first entries of a real .xlsx: a ZIP with [Content_Types].xml and xl/workbook.xml."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("[Content_Types].xml", '<?xml version="1.0"?><Types/>')
+        archive.writestr("xl/workbook.xml", '<?xml version="1.0"?><workbook/>')
+    return buffer.getvalue()
+
+
+def delimited(sep: str) -> bytes:
+    rows = [COMPETITION_HEADER, competition_row("d-1", paragraph="쉼표, 들어간 지문"), competition_row("d-2")]
+    buffer = io.StringIO(newline="")
+    csv.writer(buffer, delimiter=sep, lineterminator="\r\n").writerows(rows)
+    return buffer.getvalue().encode("utf-8")
+
+
+KMMLU_WITH_E = ["question", "answer", "A", "B", "C", "D", "E", "Category"]
 
 BAD_KICE_JSON = b'[\n {"id": "p1",\n  "problems": [\n   {"question": "q?" "choices": ["a", "b"]}\n  ]\n }\n]\n'
 
@@ -327,6 +377,235 @@ CASES = [
         subject_map="map.csv",
         blamed="map.csv",
     ),
+    # --- deep nesting: a RecursionError traceback before, in every JSON-reading path
+    Case(
+        "kice file nested too deep",
+        {"2019_11_KICE.json": DEEP.encode()},
+        "2019_11_KICE.json",
+        1,
+        None,
+        message="nested more than 100 levels",
+    ),
+    Case(
+        "kice choice nested too deep",
+        {"2019_11_KICE.json": DEEP_KICE},
+        "2019_11_KICE.json",
+        DEEP_KICE_LINE,
+        "choices",
+        message="nested more than 100 levels",
+    ),
+    Case(
+        "jsonl line nested too deep",
+        {"j.jsonl": jsonl([canonical_row("1"), '{"id": "2", "question": "q?", "choices": ' + DEEP + "}"])},
+        "j.jsonl",
+        2,
+        "choices",
+        message="nested more than 100 levels",
+    ),
+    Case(
+        "problems nested too deep",
+        {"c.csv": comp([["c-2", "p", DEEP, "", ""]])},
+        "c.csv",
+        2,
+        "problems",
+        message="nested more than 100 levels",
+    ),
+    Case(
+        "problems literal nested too deep",
+        {"c.csv": comp([["c-2", "p", "{'question': 'q?', 'choices': " + "(" * 300 + ")" * 300 + "}", "", ""]])},
+        "c.csv",
+        2,
+        "choices",
+        message="nested more than 100 levels",
+    ),
+    # --- a KICE question missing: every later question got the wrong subject before
+    Case(
+        "kice question missing at a passage end",
+        {"2023_11_KICE.json": exam(2023, [17, 4, 13, 11], _drop(0, 16))},
+        "2023_11_KICE.json",
+        1,
+        "problems",
+        message="passage 1 (2023_11_KICE_1-17) holds 16 questions but its id says 1-17",
+    ),
+    Case(
+        "kice question missing inside a passage",
+        {"2023_11_KICE.json": exam(2023, [17, 4, 13, 11], _drop(2, 5))},
+        "2023_11_KICE.json",
+        22,
+        "problems",
+        message="passage 3 (2023_11_KICE_22-34) holds 12 questions",
+    ),
+    Case(
+        "kice stand-alone question missing",
+        {"2019_11_KICE.json": exam(2019, [3, 4, 3, 2, 30], _drop(2, 3), extras={2: 1, 3: 2})},
+        "2019_11_KICE.json",
+        11,
+        "problems",
+        message="passage 4 (2019_11_KICE_12-13) should start at question 12",
+    ),
+    # --- NaN answers: "no answer" before, so evaluate reported "answer is missing" much later
+    Case(
+        "jsonl NaN answer",
+        {"j.jsonl": jsonl([canonical_row("1"), canonical_row("2", answer=float("nan"))])},
+        "j.jsonl",
+        2,
+        "answer",
+        message="answer nan is not a number",
+    ),
+    Case(
+        "problems answer text nan",
+        {"c.csv": comp([competition_row("c-2", answer="nan")])},
+        "c.csv",
+        2,
+        "answer",
+        message="answer 'nan' is not a number",
+    ),
+    Case(
+        "problems answer JSON NaN",
+        {"c.csv": comp([["c-2", "p", problems_json("q?", ["a", "b"], float("nan")), "", ""]])},
+        "c.csv",
+        2,
+        "answer",
+        message="is not a number",
+    ),
+    Case(
+        "problems answer infinity",
+        {"c.csv": comp([competition_row("c-2", answer="inf")])},
+        "c.csv",
+        2,
+        "answer",
+        message="answer 'inf' is not a number",
+    ),
+    Case(
+        "problems answer fraction text",
+        {"c.csv": comp([competition_row("c-2", answer="2.5")])},
+        "c.csv",
+        2,
+        "answer",
+        message="not a whole number",
+    ),
+    Case(
+        "kmmlu answer text none",
+        {"k.csv": kmmlu([["q?", "None", "a", "b", "c", "d", "Law", ""]])},
+        "k.csv",
+        2,
+        "answer",
+        message="answer 'None' is not a number",
+    ),
+    # --- ids, subject maps, optional KMMLU columns
+    Case(
+        "NUL inside an id",
+        {"c.csv": comp([competition_row("c\x002")])},
+        "c.csv",
+        2,
+        "id",
+        message="control character U+0000 (NUL) at position 2",
+    ),
+    Case(
+        "jsonl NUL inside an id",
+        {"j.jsonl": jsonl([canonical_row("1"), canonical_row("2\x00")])},
+        "j.jsonl",
+        2,
+        "id",
+        message="U+0000",
+    ),
+    Case(
+        "subject map matching nothing",
+        {"c.csv": comp([]), "map.csv": "key,subject\nc-9,역사\n경제학,경제\n".encode()},
+        "c.csv",
+        1,
+        "key",
+        subject_map="map.csv",
+        blamed="map.csv",
+        message="keys 'c-9', '경제학'; the file's subjects are '한국사'",
+    ),
+    Case(
+        "kmmlu blank E with answer 5",
+        {
+            "k.csv": csv_text(
+                KMMLU_WITH_E, [["q1?", 5, "a", "b", "c", "d", "e", "Law"], ["q2?", 5, "a", "b", "c", "d", "", "Law"]]
+            ).encode()
+        },
+        "k.csv",
+        2,
+        "answer",
+        message="out of range 1..4",
+    ),
+    Case(
+        "kmmlu blank E before a filled F",
+        {
+            "k.csv": csv_text(
+                KMMLU_WITH_E[:7] + ["F"],
+                [["q?", 1, "a", "b", "c", "d", "e", "f"], ["q?", 1, "a", "b", "c", "d", "", "f"]],
+            ).encode()
+        },
+        "k.csv",
+        2,
+        "choices",
+        message="choice 5 is empty",
+    ),
+    # --- files that are not UTF-8/CP949 CSV or JSON at all
+    Case(
+        "UTF-16 LE csv",
+        {"c.csv": b"\xff\xfe" + comp([]).decode().encode("utf-16-le")},
+        "c.csv",
+        1,
+        None,
+        message="UTF-16 LE text (byte-order mark FF FE)",
+    ),
+    Case(
+        "UTF-16 BE jsonl",
+        {"j.jsonl": b"\xfe\xff" + jsonl([canonical_row("1")]).decode().encode("utf-16-be")},
+        "j.jsonl",
+        1,
+        None,
+        message="UTF-16 BE text",
+    ),
+    Case(
+        "UTF-16 kice",
+        {"2019_11_KICE.json": b"\xff\xfe" + kice(lambda ps: None).decode().encode("utf-16-le")},
+        "2019_11_KICE.json",
+        1,
+        None,
+        message="UTF-16 LE text",
+    ),
+    Case(
+        "UTF-16 without a byte-order mark",
+        {"k.csv": kmmlu([]).decode().encode("utf-16-le")},
+        "k.csv",
+        1,
+        None,
+        fmt="kmmlu",
+        message="UTF-16 LE text without a byte-order mark",
+    ),
+    Case(
+        "UTF-16 subject map",
+        {"c.csv": comp([]), "map.csv": b"\xff\xfe" + "key,subject\nok-1,역사\n".encode("utf-16-le")},
+        "c.csv",
+        1,
+        None,
+        subject_map="map.csv",
+        blamed="map.csv",
+        message="UTF-16 LE",
+    ),
+    Case("xlsx saved as csv", {"c.csv": _xlsx()}, "c.csv", 1, None, message="an Excel workbook (.xlsx)"),
+    Case(
+        "old xls saved as csv",
+        {"k.csv": b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(64)},
+        "k.csv",
+        1,
+        None,
+        message="old Excel workbook (.xls)",
+    ),
+    Case(
+        "semicolon-delimited csv",
+        {"c.csv": delimited(";")},
+        "c.csv",
+        1,
+        None,
+        message="looks semicolon-delimited",
+    ),
+    Case("tab-delimited csv", {"c.csv": delimited("\t")}, "c.csv", 1, None, message="looks tab-delimited"),
 ]
 
 
@@ -354,6 +633,7 @@ def _assert_names_place(text: str, case: Case, blamed: Path) -> None:
 def test_corpus_is_big_and_varied():
     with_row_and_field = [case for case in CASES if case.row is not None and case.field is not None]
     assert len({case.name for case in CASES}) == len(CASES)
+    assert len(CASES) >= 40
     assert len(with_row_and_field) >= 15
     extensions = {Path(case.dataset).suffix for case in CASES}
     assert {".csv", ".json", ".jsonl"} <= extensions
@@ -400,3 +680,24 @@ def test_cli_prints_one_line_and_leaves_nothing(tmp_path, case):
     _assert_names_place(lines[0], case, blamed)
     assert list(out_dir.iterdir()) == []  # no output, no temp file
     assert sorted(p.name for p in (tmp_path / "in").iterdir()) == sorted(case.files)
+
+
+CHECK_CASES = [
+    "jsonl NaN answer",
+    "problems answer text nan",
+    "kice file nested too deep",
+    "kice stand-alone question missing",
+]
+
+
+@pytest.mark.parametrize("name", CHECK_CASES)
+def test_data_check_command_fails_too(tmp_path, name):
+    """`python -m distill data check` said "0 with answer" and exited 0 for a NaN answer."""
+    case = next(case for case in CASES if case.name == name)
+    dataset, _, blamed = _materialise(case, tmp_path / "in")
+    args = [sys.executable, "-m", "distill", "data", "check", "--dataset", str(dataset)]
+    result = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    _assert_names_place(result.stderr.strip(), case, blamed)

@@ -11,6 +11,7 @@ from data_helpers import (
     KMMLU_HEADER,
     canonical_row,
     competition_row,
+    exam_passages,
     kice_passages,
     write_csv,
     write_json,
@@ -24,10 +25,12 @@ from distill.data.loaders import (
     items_digest,
     load_items,
     load_subject_map,
+    passage_range,
     write_items_jsonl,
 )
 from distill.data.subjects import KICE_LAYOUTS, exam_year_from_name, kice_subject
 from distill.errors import InputError
+from distill.io import MAX_JSON_DEPTH, json_nesting_fault
 
 
 def test_formats_tuple():
@@ -212,6 +215,37 @@ def test_kice_new_layout_and_passage_type(tmp_path):
     assert items[0].extra["passage_type"] == 0
 
 
+def test_kice_passage_ranges_parsed_from_real_ids():
+    assert passage_range("2015_11_KICE_A_9-10") == (9, 10)
+    assert passage_range("2019_11_KICE_43-45") == (43, 45)
+    assert passage_range("KICE_2") is None
+    assert passage_range("2019_11_KICE") is None
+    assert passage_range("KICE_5-3") is None
+    assert passage_range(7) is None
+
+
+def test_kice_ranged_ids_with_appended_questions_load(tmp_path):
+    """Like 2019_11_KICE.json: passage 8-10 holds 8..11 and 12-13 holds 12..15 (stand-alone ones appended)."""
+    path = write_json(tmp_path / "2019_11_KICE.json", exam_passages(2019, [3, 4, 3, 2, 30], extras={2: 1, 3: 2}))
+    items = load_items(path)
+    assert [item.extra["question_number"] for item in items] == list(range(1, 46))
+    assert items[10].extra["passage_id"] == "2019_11_KICE_8-10"
+    assert [item.subject for item in items[9:16]] == ["화법과작문"] + ["문법"] * 5 + ["독서·문학"]
+
+
+def test_kice_missing_question_is_caught_before_it_shifts_subjects(tmp_path):
+    """The finding: with question 17 gone, question 18 (문학) was labelled 독서."""
+    passages = exam_passages(2023, [17, 4, 13, 11])
+    complete = load_items(write_json(tmp_path / "2023_11_KICE.json", passages))
+    assert complete[17].subject == "문학" and complete[17].extra["passage_id"] == "2023_11_KICE_18-21"
+    del passages[1]["problems"][0]  # question 18
+    path = write_json(tmp_path / "2023_11_KICE.json", passages)
+    with pytest.raises(InputError) as info:
+        load_items(path)
+    assert (info.value.row, info.value.field) == (18, "problems")
+    assert "passage 2 (2023_11_KICE_18-21) holds 3 questions but its id says 18-21" in info.value.message
+
+
 def test_kice_rules_table():
     assert exam_year_from_name("2019_11_KICE.json") == 2019
     assert exam_year_from_name("2022_11_KICE_.json") == 2022
@@ -268,6 +302,58 @@ def test_kmmlu(tmp_path):
     assert [item.subject for item in items] == ["Geography", "Math"]
     assert items[0].paragraph == ""
     assert items[0].extra == {"Human Accuracy": "0.5"}
+
+
+def test_kmmlu_optional_e_column_blank_means_four_choices(tmp_path):
+    header = ["question", "answer", "A", "B", "C", "D", "E", "Category"]
+    rows = [
+        ["다섯 개?", 5, "가", "나", "다", "라", "마", "Law"],
+        ["네 개?", 4, "가", "나", "다", "라", "", "Law"],
+        ["공백만?", 1, "가", "나", "다", "라", " \u200b", "Law"],
+    ]
+    items = load_items(write_csv(tmp_path / "kmmlu_e.csv", header, rows))
+    assert [item.n_choices for item in items] == [5, 4, 4]
+    assert items[1].choices == ("가", "나", "다", "라")
+    assert [item.answer for item in items] == [5, 4, 1]
+    assert "E" not in items[1].extra
+
+
+def test_answers_that_mean_a_number_still_load(tmp_path):
+    rows = [canonical_row("1", answer="3.0"), canonical_row("2", answer=" 2 "), canonical_row("3", answer=None)]
+    rows.append(canonical_row("4", answer=""))
+    items = load_items(write_jsonl_rows(tmp_path / "a.jsonl", rows))
+    assert [item.answer for item in items] == [3, 2, None, None]
+
+
+@pytest.mark.parametrize("name", ["b.jsonl", "2019_11_KICE.json", "k.csv"])
+def test_utf8_byte_order_mark_just_works(tmp_path, name):
+    plain = tmp_path / "plain" / name
+    plain.parent.mkdir()
+    if name.endswith(".jsonl"):
+        write_jsonl_rows(plain, [canonical_row("1"), canonical_row("2")])
+    elif name.endswith(".json"):
+        write_json(plain, kice_passages([2, 1]))
+    else:
+        write_csv(plain, KMMLU_HEADER, [["q?", 1, "a", "b", "c", "d", "Law", ""]])
+    with_bom = tmp_path / name
+    with_bom.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())
+    assert [item.to_dict() for item in load_items(with_bom)] == [item.to_dict() for item in load_items(plain)]
+
+
+def test_json_nesting_limit_counts_brackets_outside_strings_only():
+    at_limit = "[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH
+    assert json_nesting_fault(at_limit) is None
+    assert json_nesting_fault("[" + at_limit + "]") == (1, None)
+    assert json_nesting_fault('["' + "[" * 500 + '"]') is None  # inside a string
+    assert json_nesting_fault("['" + "{" * 500 + "']") is None  # inside a Python string
+    text = '{"a": 1,\n "meta": {"deep": ' + "[" * 200 + "]" * 200 + "}}"
+    assert json_nesting_fault(text) == (2, "deep")
+
+
+def test_nesting_up_to_the_limit_loads(tmp_path):
+    row = canonical_row("1", meta=json.loads("[" * (MAX_JSON_DEPTH - 1) + "]" * (MAX_JSON_DEPTH - 1)))
+    item = load_items(write_jsonl_rows(tmp_path / "n.jsonl", [row]))[0]
+    assert item.extra["meta"] == row["meta"]
 
 
 def test_jsonl_round_trip_keeps_items_and_digest(tmp_path):
@@ -369,6 +455,25 @@ def test_subject_map_ids_win_over_categories(tmp_path, kind):
     assert [item.subject for item in items] == ["경제", "특별", "한국사"]
 
 
+def test_subject_map_matching_nothing_is_an_error(tmp_path):
+    data = _categorised(tmp_path)
+    path = tmp_path / "map.json"
+    path.write_text(json.dumps({f"other-{i}": "x" for i in range(7)}), encoding="utf-8")
+    with pytest.raises(InputError) as info:
+        load_items(data, subject_map=path)
+    assert info.value.path == str(path) and (info.value.row, info.value.field) == (1, "key")
+    message = info.value.message
+    assert "7 keys" in message and "'other-0'" in message and "and 2 more" in message
+    assert "'klue-mrc-경제', 'kmmlu-한국사'" in message and "'c-1'" in message
+
+    with pytest.raises(InputError) as info:
+        load_items(data, subject_map={"other": "x"})
+    assert info.value.path == str(data) and info.value.field == "subject_map"
+
+    items = load_items(data, subject_map=path, subject_map_must_match=False)
+    assert [item.subject for item in items] == ["klue-mrc-경제", "klue-mrc-경제", "kmmlu-한국사"]
+
+
 def test_subject_map_on_kice_relabels_rule_subjects(tmp_path):
     path = write_json(tmp_path / "2018_11_KICE.json", kice_passages([10, 5, 30]))
     items = load_items(path, subject_map={"독서·문학": "독서문학", "2018_11_KICE-45": "문학"})
@@ -393,6 +498,8 @@ def test_subject_map_csv_in_cp949(tmp_path):
         ("map.json", '["a", "b"]', 1, "key"),
         ("map.json", '{"a": {"b": 1}}', 1, "a"),
         ("map.yaml", "a: [b\n", 2, None),
+        ("map.json", "[" * 1000 + "]" * 1000, 1, None),
+        ("map.yaml", '"x": ' + "[" * 1000 + "]" * 1000, 1, "x"),
         ("map.txt", "a,b", None, "subject_map"),
     ],
 )
