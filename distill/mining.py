@@ -104,10 +104,13 @@ def prompt_hash(messages: Sequence[Mapping[str, str]]) -> str:
 
 
 def attempt(item: MCQItem, role: str, backend: str, model: str, request: Request, response: Response) -> Attempt:
-    """One answer as an Attempt: the choice extracted (None when unreadable or failed)."""
+    """One answer as an Attempt: the choice extracted (None when unreadable or failed). A paid
+    answer that cannot be used (the provider blocked it) is no answer, not an empty one: its
+    `error` says why, so it counts in no accuracy and is not read as a wrong choice."""
     from distill.extraction import extract_answer, strip_think
 
-    choice = extract_answer(response.text, item.n_choices) if response.ok else None
+    error = response.error or (f"no usable answer: {response.unusable}" if response.unusable else None)
+    choice = extract_answer(response.text, item.n_choices) if error is None else None
     return Attempt(
         item_id=item.id,
         role=role,
@@ -116,13 +119,13 @@ def attempt(item: MCQItem, role: str, backend: str, model: str, request: Request
         sample_index=int(request.sample_index),
         prompt_hash=prompt_hash(request.messages),
         text=response.text,
-        reasoning=strip_think(response.text) if response.ok else "",
+        reasoning=strip_think(response.text) if error is None else "",
         choice=choice,
         correct=bool(choice is not None and item.answer is not None and choice == item.answer),
         latency_s=float(response.latency_s),
         input_tokens=int(response.input_tokens),
         output_tokens=int(response.output_tokens),
-        error=response.error,
+        error=error,
     )
 
 
@@ -380,9 +383,10 @@ def outcome_lines(cfg: MineConfig, decisions: Sequence[Decision], metrics: Mappi
     lines = [
         f"selected: teacher right and student pass rate <= {cfg.pass_rate_threshold:g}  ·  not selected: {skipped}",
         f"parse failures: {parse_failures}",
-        f"failed requests (no answer after {cfg.max_retries} retries): teacher {failed['teacher']}, "
+        f"requests with no usable answer (failed after {cfg.max_retries} retries, or blocked): "
+        f"teacher {failed['teacher']}, "
         f"student {failed['student']}, judge {failed['judge']}"
-        + ("  (rerun to retry them; everything else is cached)" if sum(failed.values()) else ""),
+        + ("  (rerun to retry the failed ones; every paid answer is cached)" if sum(failed.values()) else ""),
     ]
     if cfg.judge == "on":
         verdicts = _counted([d.judge_verdict for d in decisions if d.judge_verdict is not None]) or "none"

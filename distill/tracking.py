@@ -324,3 +324,204 @@ def find_artifact(run_id: str, artifact_path: str, dst_path: str | None = None) 
         return download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=dst_path)
     except (MlflowException, OSError):
         return None
+
+
+# --------------------------------------------------------------------------------------------
+# Failing loudly, and resuming: why a run failed, and runs a killed process left RUNNING.
+
+FAILURE_REASON_TAG = "distill.failure_reason"
+"""A short tag on a FAILED run saying why (failure_rate, permanent_error, config_error, ...)."""
+FAILURE_TAG = "distill.failure"
+"""The one-line message of a failed run (a distill error's own text, redacted; never a traceback)."""
+PROCESS_TAG = "distill.process"
+"""host/pid/start of the process that runs a run: tells a killed run from one still running."""
+RESUME_TAG = "distill.resume_key"
+"""What a run resumes from (a digest of its response cache's path): runs that share it share work."""
+CLOSED_BY_TAG = "distill.closed_by"
+"""On a run marked KILLED by a later run: the run that found it dead and resumed its work."""
+
+
+def failure_tags(exc: BaseException) -> dict[str, str]:
+    """The tags that say why a run failed: the reason tag always, the message for a distill error."""
+    from distill.errors import DistillError, failure_reason
+
+    tags = {FAILURE_REASON_TAG: failure_reason(exc)}
+    if isinstance(exc, DistillError):
+        tags[FAILURE_TAG] = redact(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)[:1000]
+    return tags
+
+
+def tagging_failure():
+    """A context manager for a stage's body inside its run: an exception leaving it tags the
+    active run with why (`failure_tags`) before MLflow marks the run FAILED."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def manager():
+        try:
+            yield
+        except BaseException as exc:
+            try:
+                set_tags(failure_tags(exc))
+            except Exception:  # the store may be what failed: never mask the real error
+                pass
+            raise
+
+    return manager()
+
+
+def process_identity() -> str:
+    """host/pid/start of this process (start: clock ticks since boot, where /proc says it)."""
+    import socket
+
+    return f"{socket.gethostname()}/{os.getpid()}/{_process_start(os.getpid()) or ''}"
+
+
+def _process_start(pid: int) -> str | None:
+    """The process's start time and whether it is a zombie, from /proc (None where there is none)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
+    return None if fields[0] == "Z" else fields[19]
+
+
+def process_gone(identity: str | None) -> bool:
+    """True when the process `identity` names ran on this host and no longer runs; False when
+    it runs, or when that cannot be told (another host, no identity)."""
+    import socket
+
+    try:
+        host, pid_text, start = (identity or "").split("/")
+        pid = int(pid_text)
+    except ValueError:
+        return False
+    if host != socket.gethostname():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # it exists, under another user
+    now = _process_start(pid)
+    if Path("/proc").is_dir() and now is None:
+        return True  # a zombie: killed, not yet reaped
+    return bool(start) and now is not None and now != start  # the pid now belongs to another process
+
+
+def close_stale_runs(resume_key: str) -> list[Any]:
+    """Mark the active run as resuming `resume_key` (with its process identity), and mark KILLED
+    every other run that resumes the same thing, is still RUNNING and whose process is gone (it
+    was killed before MLflow could hear of it). Returns the runs it closed (MLflow Runs)."""
+    import mlflow
+
+    set_tags({RESUME_TAG: resume_key, PROCESS_TAG: process_identity()})
+    active = active_run_id()
+    stale = mlflow.search_runs(
+        search_all_experiments=True,
+        filter_string=f"tags.`{RESUME_TAG}` = '{resume_key}' and attributes.status = 'RUNNING'",
+        output_format="list",
+    )
+    closed = []
+    for run in stale:
+        if run.info.run_id == active or not process_gone(run.data.tags.get(PROCESS_TAG)):
+            continue
+        client().set_tag(run.info.run_id, CLOSED_BY_TAG, active or "")
+        client().set_tag(run.info.run_id, FAILURE_REASON_TAG, "killed")
+        client().set_terminated(run.info.run_id, "KILLED")
+        closed.append(run)
+    return closed
+
+
+# --------------------------------------------------------------------------------------------
+# Traces: spans of LLM calls, in the active run's Traces tab (distill/llm/tracing.py decides what).
+
+
+def trace_destination() -> tuple[str, str] | None:
+    """(run id, experiment id) of the active run, where LLM traces go; None outside a run (then
+    nothing is traced: a backend used on its own writes nothing to MLflow)."""
+    import mlflow
+
+    active = mlflow.active_run()
+    return None if active is None else (active.info.run_id, active.info.experiment_id)
+
+
+def start_span(
+    name: str,
+    *,
+    destination: tuple[str, str],
+    parent: Any = None,
+    span_type: str = "UNKNOWN",
+    inputs: Any = None,
+    attributes: Mapping[str, Any] | None = None,
+    start_ns: int | None = None,
+):
+    """A span started at `start_ns`, under `parent`, or as the root of a new trace linked to the
+    run of `destination` (MLflow links a trace to a run by its `mlflow.sourceRun` metadata; it is
+    set here explicitly, since the span may be made on a thread that has no active run)."""
+    import mlflow
+    from mlflow.tracing.constant import TraceMetadataKey
+
+    run_id, experiment_id = destination
+    root = parent is None
+    return mlflow.start_span_no_context(
+        name,
+        span_type=span_type,
+        parent_span=parent,
+        inputs=inputs,
+        attributes={k: v for k, v in (attributes or {}).items() if v is not None},
+        experiment_id=experiment_id if root else None,
+        metadata={TraceMetadataKey.SOURCE_RUN: run_id} if root else None,
+        start_time_ns=start_ns,
+    )
+
+
+def end_span(
+    span,
+    *,
+    outputs: Any = None,
+    attributes: Mapping[str, Any] | None = None,
+    error: str | None = None,
+    end_ns: int | None = None,
+) -> None:
+    """End a span at `end_ns`, OK or (with `error`) ERROR."""
+    from mlflow.entities import SpanEvent, SpanStatusCode
+
+    if error:
+        span.add_event(SpanEvent("error", attributes={"message": redact(error)}))
+    span.end(
+        outputs=outputs,
+        attributes={k: v for k, v in (attributes or {}).items() if v is not None},
+        status=SpanStatusCode.ERROR if error else SpanStatusCode.OK,
+        end_time_ns=end_ns,
+    )
+
+
+def token_usage_attribute(input_tokens: int, output_tokens: int) -> dict[str, Any]:
+    """The span attribute MLflow reads token counts from (shown per span and summed per trace)."""
+    from mlflow.tracing.constant import SpanAttributeKey
+
+    return {
+        SpanAttributeKey.CHAT_USAGE: {
+            "input_tokens": int(input_tokens),
+            "output_tokens": int(output_tokens),
+            "total_tokens": int(input_tokens) + int(output_tokens),
+        }
+    }
+
+
+def flush_traces() -> None:
+    """Write out traces MLflow still holds in memory (it may export them in the background)."""
+    import mlflow
+
+    mlflow.flush_trace_async_logging()
+
+
+def search_traces(run_id: str) -> list[Any]:
+    """The traces linked to a run (MLflow Trace objects, spans included)."""
+    import mlflow
+
+    flush_traces()
+    return mlflow.search_traces(run_id=run_id, return_type="list")

@@ -126,7 +126,7 @@ def screen(candidates: Sequence[Candidate], index, cfg: AugmentConfig) -> None:
         payload = None
         error = None
         if response is not None:
-            error = response.error
+            error = response.error or response.unusable  # paid but unusable: blocked, or failing the schema
             payload = response.parsed if response.parsed is not None else _answer_part(response.text)
         result, output = gates.check_schema(
             payload, error=error, min_choices=cfg.min_choices, max_choices=cfg.max_choices
@@ -161,7 +161,7 @@ def apply_verification(candidates: Sequence[Candidate], responses_by_candidate: 
         if not candidate.alive:
             continue
         responses = responses_by_candidate[candidate.id]
-        errors = [r.error for r in responses]
+        errors = [r.error or r.unusable for r in responses]
         answers = [None if r.error else extract_answer(r.text, candidate.problem.n_choices) for r in responses]
         candidate.verifier_answers = answers
         candidate.record(gates.check_verification(answers, candidate.problem.answer, errors))

@@ -5,8 +5,10 @@ teacher = make_backend("gemini", "gemini-2.5-flash", cache="outputs/llm_cache.sq
 responses = teacher.generate([Request.chat("...", temperature=0.0)])
 teacher.usage.as_dict("teacher/")
 
-Beside the backends: `roles` (check a stage role's backend and model, build its backend, report
-its usage), `recording` (the one format of recorded responses and its importer) and `templates`
+Beside the backends: `errors` (the one taxonomy of failures: transient, permanent, paid but
+unusable), `roles` (check a stage role's backend and model, build its backend, report its
+usage, fail a stage past its failure rate), `tracing` (each batch a trace of the active MLflow
+run), `recording` (the one format of recorded responses and its importer) and `templates`
 (the one prompt-filling engine over distill/resources/prompts).
 """
 
@@ -20,12 +22,14 @@ from distill.llm.base import (
     request_key,
 )
 from distill.llm.cache import ResponseCache, open_cache
+from distill.llm.errors import BackendStopped
 from distill.llm.factory import BACKENDS, make_backend
 from distill.llm.pricing import PriceTable, load_prices
 
 __all__ = [
     "BACKENDS",
     "Backend",
+    "BackendStopped",
     "GenerationParams",
     "PriceTable",
     "ReplayMissError",

@@ -3,13 +3,18 @@
 A `Request` is chat messages plus generation parameters, an optional response schema and a
 `sample_index` (the k-th sample of the same prompt). A `Response` carries the full text
 (thinking included, as `<think>...</think>` before the answer, whenever the backend returns
-it), the parsed JSON when a schema was given, token counts, latency and, for a request that
-finally failed, an error.
+it), the parsed JSON when a schema was given, token counts, latency, and what kept it from
+being usable (`blocked`, `truncated`, `unusable`) or, for a request that finally failed, an
+error. What can go wrong is classified once, in `distill/llm/errors.py`.
 
 `CachedBackend` implements `generate_many` once for every network backend: it answers what it
 can from the response cache, fetches the rest with bounded concurrency and retries, and writes
-each response to the cache the moment it arrives (a killed run loses nothing; a rerun pays
-for nothing twice). A subclass implements `_open` (create its client) and
+each paid response (usable or not) to the cache the moment it arrives, so a rerun never pays
+again for a response that arrived. A run killed while requests are in flight loses those
+answers, at most `concurrency` per backend, and the rerun pays for them again. It stops at the
+first permanent error and when its circuit breaker trips (`BackendStopped`), repairs an answer
+that fails its schema by a new request (`repair_request`), and traces each batch to MLflow
+(`distill.llm.tracing`). A subclass implements `_open` (create its client) and
 `_call_once(request, key)` (one attempt). The client lives on the backend's own event-loop
 thread for the backend's whole life, so batches reuse its connections.
 """
@@ -33,6 +38,15 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from distill.errors import DistillError
+from distill.llm.errors import (  # noqa: F401  (RETRYABLE_STATUS re-exported: the backends' one import)
+    RETRYABLE_STATUS,
+    BackendStopped,
+    PermanentError,
+    TransientError,
+    blocked_reason,
+    finish_kind,
+    schema_problem,
+)
 
 logger = logging.getLogger("distill.llm")
 
@@ -40,6 +54,9 @@ ROLES = ("system", "user", "assistant")
 
 KEY_VERSION = 1
 """Bump when the key recipe changes, so old cache entries can never be read as new ones."""
+
+DEFAULT_TRACE_REQUESTS = 16
+"""Requests per batch that get a trace span of their own, by default (every batch gets one)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,10 +213,35 @@ class Response:
     key: str = ""
     attempts: int = 0
     """Network attempts this run made for it (0 for a cache hit)."""
+    blocked: str | None = None
+    """Why the provider withheld the answer (SAFETY, RECITATION, content_filter, ...); None
+    when it did not. Derived from `finish_reason` when not given."""
+    truncated: bool = False
+    """The answer stopped at the output token limit (MAX_TOKENS, length)."""
+    unusable: str | None = None
+    """Why this paid answer cannot be used (blocked, or it fails the response schema); None when
+    it can. Such a response is cached and counted like any other, never re-sent identically."""
+    repairs: int = 0
+    """Repair requests behind this response (0: it answers the request as asked)."""
+    timing: tuple[int, int] | None = dataclasses.field(default=None, repr=False, compare=False)
+    """(start, end) wall-clock nanoseconds of this run's fetch, first attempt to answer (for the
+    trace spans); None for a cache hit. Never cached."""
+
+    def __post_init__(self) -> None:
+        self.blocked = self.blocked or blocked_reason(self.finish_reason)
+        self.truncated = bool(self.truncated or finish_kind(self.finish_reason) == "truncated")
+        if self.blocked and self.unusable is None:
+            self.unusable = f"blocked by the provider ({self.blocked})"
 
     @property
     def ok(self) -> bool:
+        """An answer arrived (and was paid for); it may still be `unusable`."""
         return self.error is None
+
+    @property
+    def usable(self) -> bool:
+        """An answer arrived and can be used."""
+        return self.error is None and self.unusable is None
 
     def to_cache_json(self) -> str:
         payload = {
@@ -212,6 +254,12 @@ class Response:
             "model": self.model,
             "finish_reason": self.finish_reason,
         }
+        # Only when set, so a usable answer's entry reads as it always did.
+        for name in ("blocked", "unusable"):
+            if getattr(self, name) is not None:
+                payload[name] = getattr(self, name)
+        if self.truncated:
+            payload["truncated"] = True
         return json.dumps(payload, ensure_ascii=False, sort_keys=True)
 
     @classmethod
@@ -229,7 +277,64 @@ class Response:
             cached=True,
             key=key,
             attempts=0,
+            blocked=data.get("blocked"),
+            truncated=bool(data.get("truncated")),
+            unusable=data.get("unusable"),
         )
+
+
+def build_response(
+    request: Request,
+    *,
+    answer: str,
+    thoughts: str = "",
+    input_tokens: int = 0,
+    output_tokens: int = 0,
+    finish_reason: str | None = None,
+) -> Response:
+    """A paid answer as a Response: a blocked one is marked so (and not parsed), a schema answer
+    is validated, and one that fails its schema is marked unusable instead of raising: it was
+    paid for, so it is stored and counted, and never asked again as it was."""
+    response = Response(
+        text=join_thinking(thoughts, answer),
+        input_tokens=int(input_tokens),
+        output_tokens=int(output_tokens),
+        finish_reason=finish_reason,
+    )
+    if response.blocked or request.schema is None:
+        return response
+    response.parsed, problem = schema_problem(request.schema, answer)
+    if problem is not None:
+        cut = "was cut off at the output token limit and " if response.truncated else ""
+        response.unusable = f"the answer {cut}{problem}"
+    return response
+
+
+REPAIR_PROMPT = (
+    "Your answer above cannot be used: it {problem}. Answer the same request again, as one JSON "
+    "object that matches the requested schema and nothing else{shorter}."
+)
+"""The repair message (what was wrong is filled in). Repairs ask once more with the bad answer
+shown back, so the repair is a different request, with its own cache key, paid once."""
+
+
+def repair_request(request: Request, response: Response, attempt: int = 1) -> Request:
+    """A new request that shows `response` (an answer that failed the schema) back with what was
+    wrong and asks again; its key differs from the original's, so the original is never re-sent."""
+    answer = response.text.split("</think>", 1)[-1].strip() or "(empty)"
+    shorter = ", shorter so that it fits the output limit" if response.truncated else ""
+    problem = (response.unusable or "the answer does not match the schema").removeprefix("the answer ")
+    return Request(
+        messages=(
+            *request.messages,
+            {"role": "assistant", "content": answer},
+            {"role": "user", "content": REPAIR_PROMPT.format(problem=problem, shorter=shorter)},
+        ),
+        params=request.params,
+        schema=request.schema,
+        sample_index=request.sample_index,
+        label=f"{request.label.split(' repair ')[0]} repair {attempt}".strip(),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -282,11 +387,13 @@ class Usage:
     requests: int = 0
     """Network attempts sent (first tries and retries)."""
     fetched: int = 0
-    """Requests that came back successfully from the network (or local model) and were cached."""
+    """Answers that came back from the network (or local model) and were cached: every paid
+    answer, the unusable ones and repairs included."""
     cache_hits: int = 0
     retries: int = 0
     failures: int = 0
-    """Requests that still failed after max_retries (not cached)."""
+    """Requests that still failed after max_retries, or were not sent because the backend
+    stopped (no answer, nothing cached)."""
     input_tokens: int = 0
     """Tokens of fetched responses only: what this run paid for."""
     output_tokens: int = 0
@@ -294,39 +401,69 @@ class Usage:
     cached_input_tokens: int = 0
     """Tokens of responses read from the cache (not paid again)."""
     cached_output_tokens: int = 0
+    asked: int = 0
+    """Requests the caller asked for (repairs not counted)."""
+    unanswered: int = 0
+    """Of those, how many ended with no usable answer: failed, blocked, or unusable after repairs."""
+    unusable: int = 0
+    """Paid answers (fetched or cached) that could not be used: blocked, or failing the schema."""
+    blocked: int = 0
+    """Answers (fetched or cached) the provider withheld (SAFETY, RECITATION, content_filter, ...)."""
+    truncated: int = 0
+    """Answers (fetched or cached) that stopped at the output token limit."""
+    repairs: int = 0
+    """Repair requests made for answers that failed their schema (fetched or cached)."""
 
     def as_dict(self, prefix: str = "") -> dict[str, float]:
         return {f"{prefix}{k}": v for k, v in dataclasses.asdict(self).items()}
 
+    @property
+    def failure_rate(self) -> float:
+        """unanswered / asked (0.0 when nothing was asked)."""
+        return self.unanswered / self.asked if self.asked else 0.0
+
     def summary(self) -> str:
-        return (
+        line = (
             f"{self.requests} requests sent, {self.fetched} fetched, {self.cache_hits} cache hits, "
             f"{self.retries} retries, {self.failures} failures, tokens in/out "
             f"{self.input_tokens}/{self.output_tokens}, est. cost ${self.cost_usd:.4f}"
         )
+        extra = [
+            f"{value} {name}"
+            for name, value in (
+                ("unusable", self.unusable),
+                ("blocked", self.blocked),
+                ("truncated", self.truncated),
+                ("repairs", self.repairs),
+            )
+            if value
+        ]
+        return line + (f" ({', '.join(extra)})" if extra else "")
+
+    def count_answers(self, responses: Iterable[Response]) -> None:
+        """Count what came back: unusable, blocked and truncated answers."""
+        for response in responses:
+            if response.ok:
+                self.unusable += response.unusable is not None
+                self.blocked += response.blocked is not None
+                self.truncated += bool(response.truncated)
+
+    def count_delivered(self, responses: Sequence[Response]) -> None:
+        """Count the answers handed to the caller: asked, and which ended with no usable answer."""
+        self.asked += len(responses)
+        self.unanswered += sum(1 for response in responses if not response.usable)
 
 
 # ---------------------------------------------------------------------------------------------
-# Errors a backend call may raise; the retry loop decides by type.
-
-
-class TransientError(Exception):
-    """Worth retrying: 429, 5xx, timeouts, connection errors, malformed or truncated bodies."""
-
-    def __init__(self, message: str, retry_after_s: float | None = None):
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-
-
-class PermanentError(Exception):
-    """Retrying cannot help (400 bad request, 401/403 auth, 404 unknown model)."""
+# Errors: the taxonomy lives in distill/llm/errors.py; the retry loop decides by type.
 
 
 class ReplayMissError(DistillError):
     """The replay backend was asked something its cache does not hold."""
 
+    reason = "replay_miss"
 
-RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+
 RETRY_AFTER_CAP_S = 600.0
 """A Retry-After longer than this is read as this (a misconfigured proxy must not park a run)."""
 
@@ -386,10 +523,16 @@ class Backend(Protocol):
     name: str
     model: str
     usage: Usage
+    role: str
+    """What it does in its stage (teacher, student, ...): names its trace spans."""
 
-    async def generate_many(self, requests: Sequence[Request], *, progress: bool = True) -> list[Response]: ...
+    async def generate_many(
+        self, requests: Sequence[Request], *, progress: bool = True, role: str | None = None
+    ) -> list[Response]: ...
 
-    def generate(self, requests: Sequence[Request], *, progress: bool = True) -> list[Response]: ...
+    def generate(
+        self, requests: Sequence[Request], *, progress: bool = True, role: str | None = None
+    ) -> list[Response]: ...
 
     def key(self, request: Request) -> str: ...
 
@@ -427,6 +570,41 @@ class RetryPolicy:
     backoff_max_s: float = 60.0
     timeout_s: float = 300.0
     """Per-attempt timeout (seconds)."""
+    max_repairs: int = 1
+    """New requests made for an answer that fails its schema (each shows the bad answer back and
+    says what was wrong); 0: none."""
+    circuit_breaker: int = 8
+    """Stop when the first this-many requests all ended the same way without a usable answer
+    (after their retries); 0: never."""
+
+
+class CircuitBreaker:
+    """Trips when the first `threshold` requests of a backend all ended the same way without a
+    usable answer. A usable answer, or two different failures, settle it for the backend's life:
+    it guards against a run that is wrong from the start (a dead endpoint, a model that cannot
+    produce the schema), not against a bad patch later on (that is max_failure_rate's job)."""
+
+    def __init__(self, threshold: int):
+        self.threshold = max(0, int(threshold))
+        self.outcomes: list[str] = []
+        self.settled = self.threshold == 0
+
+    def record(self, failure: str | None) -> bool:
+        """Note one request's outcome (None: a usable answer, else a short signature of how it
+        failed); True when this outcome trips the breaker."""
+        if self.settled:
+            return False
+        if failure is None:
+            self.settled = True
+            return False
+        self.outcomes.append(failure)
+        if len(set(self.outcomes)) > 1:
+            self.settled = True
+            return False
+        if len(self.outcomes) >= self.threshold:
+            self.settled = True
+            return True
+        return False
 
 
 class _LoopThread:
@@ -489,8 +667,9 @@ def _shutdown(io: _LoopThread, resources: _Resources) -> None:
 
 class CachedBackend:
     """generate_many for network backends: cache first, bounded concurrency, retries,
-    write-on-arrival. Subclasses implement `_call_once` and `_open` (which creates the client
-    and registers its closer with `self._resources.closers`)."""
+    write-on-arrival, stop on a permanent error or a tripped circuit breaker, repairs of answers
+    that fail their schema. Subclasses implement `_call_once` and `_open` (which creates the
+    client and registers its closer with `self._resources.closers`)."""
 
     name = "base"
 
@@ -513,6 +692,10 @@ class CachedBackend:
         self.retry = retry or RetryPolicy()
         self.prices = prices if prices is not None else PriceTable.default()
         self.usage = Usage()
+        self.role = ""
+        """What the backend does in its stage (teacher, student, ...): names its trace spans."""
+        self.trace_requests = DEFAULT_TRACE_REQUESTS
+        """Requests per batch that get their own trace span (the batch always gets one)."""
         self._redact = Redactor(api_key)
         self._rng = random.Random(seed)
         self._io: _LoopThread | None = None
@@ -520,6 +703,8 @@ class CachedBackend:
         self._opened = False
         self._finalizer = None
         self._lock = threading.Lock()
+        self._breaker = CircuitBreaker(self.retry.circuit_breaker)
+        self._stopped: BackendStopped | None = None
 
     # -- the parts a subclass provides ---------------------------------------------------------
 
@@ -528,7 +713,8 @@ class CachedBackend:
 
     async def _call_once(self, request: Request, key: str) -> Response:
         """One network attempt. Raise TransientError / PermanentError, or return a Response
-        (text, parsed, tokens, finish_reason; latency and bookkeeping are filled in here)."""
+        (`build_response`: text, parsed or unusable, tokens, finish_reason; latency and
+        bookkeeping are filled in here)."""
         raise NotImplementedError
 
     # -- shared machinery ----------------------------------------------------------------------
@@ -555,29 +741,45 @@ class CachedBackend:
             await self._open()
             self._opened = True
 
-    def generate(self, requests: Sequence[Request], *, progress: bool = True) -> list[Response]:
+    def generate(
+        self, requests: Sequence[Request], *, progress: bool = True, role: str | None = None
+    ) -> list[Response]:
         """Blocking form of generate_many (usable inside a running event loop too)."""
+        from distill.llm.tracing import traced_batch
+
         io = self._loop_thread()
         if threading.current_thread() is io.thread:
             raise RuntimeError("generate() called on the backend's own loop: await generate_many()")
-        future = io.submit(self._generate_many(list(requests), progress))
-        try:
-            return future.result()
-        except KeyboardInterrupt:
-            future.cancel()
-            raise
+        requests = list(requests)
+        with traced_batch(self, requests, role) as batch:
+            future = io.submit(self._generate_many(requests, progress))
+            try:
+                batch.responses = future.result()
+            except KeyboardInterrupt:
+                future.cancel()
+                raise
+        return batch.responses
 
-    async def generate_many(self, requests: Sequence[Request], *, progress: bool = True) -> list[Response]:
-        """Responses in request order; each fetched one is in the cache the moment it arrives."""
+    async def generate_many(
+        self, requests: Sequence[Request], *, progress: bool = True, role: str | None = None
+    ) -> list[Response]:
+        """Responses in request order; each fetched one is in the cache the moment it arrives.
+        Raises BackendStopped at a permanent error or when the circuit breaker trips."""
+        from distill.llm.tracing import traced_batch
+
         io = self._loop_thread()
-        coro = self._generate_many(list(requests), progress)
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is io.loop:
-            return await coro
-        return await asyncio.wrap_future(io.submit(coro))
+        requests = list(requests)
+        with traced_batch(self, requests, role) as batch:
+            coro = self._generate_many(requests, progress)
+            try:
+                running = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            if running is io.loop:
+                batch.responses = await coro
+            else:
+                batch.responses = await asyncio.wrap_future(io.submit(coro))
+        return batch.responses
 
     def close(self) -> None:
         """Close the client and stop the backend's loop (a later call starts them again)."""
@@ -592,7 +794,12 @@ class CachedBackend:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    async def _generate_many(self, requests: list[Request], progress: bool) -> list[Response]:
+    def _raise_if_stopped(self) -> None:
+        if self._stopped is not None:
+            raise BackendStopped(str(self._stopped), self._stopped.reason)
+
+    async def _generate_many(self, requests: list[Request], progress: bool, depth: int = 0) -> list[Response]:
+        self._raise_if_stopped()
         keys = [self.key(r) for r in requests]
         results, to_fetch = partition_cached(self.cache, keys, self.usage)
 
@@ -609,7 +816,7 @@ class CachedBackend:
             async def fetch(key: str, indices: list[int]) -> None:
                 async with semaphore:
                     response = await self._fetch_with_retries(requests[indices[0]], key)
-                if response.ok:
+                if response.ok:  # paid: stored and counted before anything else can fail
                     self._store(requests[indices[0]], key, response)
                 for position, index in enumerate(indices):
                     results[index] = response if position == 0 else dataclasses.replace(response)
@@ -623,8 +830,34 @@ class CachedBackend:
                 if bar is not None:
                     bar.close()
             logger.info("%s/%s: %s", self.name, self.model, self.usage.summary())
+            # In-flight requests were let finish (and their answers stored) before stopping.
+            self._raise_if_stopped()
         assert all(r is not None for r in results)
+        self.usage.count_answers(results)  # type: ignore[arg-type]
+        if depth < self.retry.max_repairs:
+            results = await self._repair(requests, results, depth)  # type: ignore[arg-type]
+        if depth == 0:
+            self.usage.count_delivered(results)  # type: ignore[arg-type]
         return results  # type: ignore[return-value]
+
+    async def _repair(self, requests: list[Request], results: list[Response], depth: int) -> list[Response]:
+        """Ask again, as a new request, for each answer that failed its schema; a repair that
+        comes back (usable or not) replaces the answer, one that fails leaves it as it was.
+        Cached repairs are reused, so a rerun pays for none of them again."""
+        todo = [
+            index
+            for index, (request, response) in enumerate(zip(requests, results))
+            if request.schema is not None and response.ok and response.unusable and not response.blocked
+        ]
+        if not todo:
+            return results
+        repairs = [repair_request(requests[index], results[index], depth + 1) for index in todo]
+        self.usage.repairs += len(repairs)
+        repaired = await self._generate_many(repairs, False, depth + 1)
+        for index, response in zip(todo, repaired):
+            if response.ok:
+                results[index] = dataclasses.replace(response, repairs=response.repairs + 1)
+        return results
 
     def _store(self, request: Request, key: str, response: Response) -> None:
         self.cache.put(key, response, request=request_record(self.name, self.model, request))
@@ -633,11 +866,33 @@ class CachedBackend:
         self.usage.output_tokens += response.output_tokens
         self.usage.cost_usd += self.prices.cost(self.model, response.input_tokens, response.output_tokens)
 
+    def _stop(self, reason: str, message: str) -> None:
+        """Send nothing more: requests in flight finish (and are stored), the batch then raises."""
+        if self._stopped is None:
+            logger.error("%s", message)
+            self._stopped = BackendStopped(message, reason)
+
+    def _note_outcome(self, request: Request, failure: str | None, detail: str = "") -> None:
+        """Feed the circuit breaker one request's outcome; stop the backend when it trips."""
+        if self._breaker.record(failure):
+            n = self._breaker.threshold
+            self._stop(
+                "circuit_breaker",
+                f"{self.name}/{self.model}: the first {n} requests all ended the same way ({failure}) without a "
+                f"usable answer, so the backend stopped (circuit_breaker={n}); last: {request.describe()}: "
+                f"{detail}. Fix the cause and rerun: the answers already paid for are cached.",
+            )
+
     async def _fetch_with_retries(self, request: Request, key: str) -> Response:
         policy = self.retry
         last_error = "no attempt made"
+        failure = "no attempt"
         attempts = 0
+        started_ns = time.time_ns()
         for attempt in range(policy.max_retries + 1):
+            if self._stopped is not None:
+                last_error, failure = f"not sent: {self.name}/{self.model} stopped ({self._stopped.reason})", ""
+                break
             attempts += 1
             self.usage.requests += 1
             if attempt:
@@ -648,12 +903,19 @@ class CachedBackend:
                     response = await self._call_once(request, key)
             except PermanentError as exc:
                 last_error = self._redact(exc)
+                self._stop(
+                    "config_error" if exc.config else "permanent_error",
+                    f"{self.name}/{self.model}: {request.describe()} (key {key[:16]}) met a permanent error, so the "
+                    f"backend stopped at it: {last_error.rstrip('. ')}. Fix the cause and rerun: the answers already "
+                    "paid for are cached.",
+                )
+                failure = ""
                 break
             except TransientError as exc:
-                last_error = self._redact(exc)
+                last_error, failure = self._redact(exc), exc.kind
                 retry_after = exc.retry_after_s
             except TimeoutError:
-                last_error = f"timed out after {policy.timeout_s:g}s"
+                last_error, failure = f"timed out after {policy.timeout_s:g}s", "timeout"
                 retry_after = None
             except Exception as exc:
                 # A bug or an unforeseen error: stop the batch, but never with a secret in it.
@@ -667,6 +929,9 @@ class CachedBackend:
                 response.key = key
                 response.cached = False
                 response.attempts = attempts
+                response.timing = (started_ns, time.time_ns())
+                unusable = None if response.unusable is None else ("blocked" if response.blocked else "unusable")
+                self._note_outcome(request, unusable, response.unusable or "")
                 return response
             if attempt < policy.max_retries:
                 delay = backoff_delay(attempt, policy.backoff_base_s, policy.backoff_max_s, retry_after, self._rng)
@@ -681,8 +946,11 @@ class CachedBackend:
                 )
                 await asyncio.sleep(delay)
         self.usage.failures += 1
+        if failure:  # a failure of its own, not a request the backend's stop kept from being sent
+            self._note_outcome(request, failure, last_error)
         message = f"{self.name}/{self.model}: gave up on {request.describe()} (key {key[:16]}) after {attempts} attempt(s): {last_error}"
-        logger.warning("%s", message)
+        if failure:
+            logger.warning("%s", message)
         return Response(
             text="",
             backend=self.name,
@@ -690,6 +958,7 @@ class CachedBackend:
             key=key,
             error=message,
             attempts=attempts,
+            timing=(started_ns, time.time_ns()),
         )
 
 
@@ -716,18 +985,6 @@ def _progress_bar(enabled: bool, total: int, desc: str, initial: int = 0):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, desc=desc, unit="req", leave=False, mininterval=0.5)
-
-
-def parse_schema_output(schema: type | None, text: str) -> Any:
-    """Validate a structured answer; raise TransientError when it is not valid JSON of the shape
-    (a truncated or malformed answer is worth another try)."""
-    if schema is None:
-        return None
-    try:
-        return schema.model_validate_json(text).model_dump(mode="json")
-    except Exception as exc:  # pydantic.ValidationError, ValueError
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise TransientError(f"answer does not match the response schema: {first}") from None
 
 
 def join_thinking(thoughts: str, answer: str) -> str:

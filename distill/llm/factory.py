@@ -20,6 +20,8 @@ def make_backend(
     timeout_s: float = 300.0,
     backoff_base_s: float = 1.0,
     backoff_max_s: float = 60.0,
+    max_repairs: int = 1,
+    circuit_breaker: int = 8,
     prices=None,
     api_key: str | None = None,
     base_url: str | None = None,
@@ -46,6 +48,7 @@ def make_backend(
     `loaded` (local): an already loaded `(model, tokenizer)` to generate with, instead of
     loading `model` (the name still goes into the cache key).
     `transport` (gemini): "rest" (default, fast) or "sdk" (google-genai's typed generate_content).
+    `max_repairs`, `circuit_breaker` (network backends): see `distill.llm.base.RetryPolicy`.
     """
     from distill.llm.base import RetryPolicy
     from distill.llm.cache import open_cache
@@ -85,6 +88,8 @@ def make_backend(
         backoff_base_s=backoff_base_s,
         backoff_max_s=backoff_max_s,
         timeout_s=timeout_s,
+        max_repairs=max_repairs,
+        circuit_breaker=circuit_breaker,
     )
     common: dict[str, Any] = dict(
         cache=response_cache,

@@ -25,23 +25,20 @@ Two transports, same client, same answers, same cache keys:
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 from typing import Any
 
 from distill.llm.base import (
-    RETRYABLE_STATUS,
     CachedBackend,
-    PermanentError,
     Request,
     Response,
     TransientError,
-    join_thinking,
+    build_response,
     logger,
     parse_retry_after,
-    parse_schema_output,
 )
+from distill.llm.errors import PROMPT_BLOCKED_PREFIX, check_api_key, check_base_url, client_error, status_error
 
 BASE_URL_ENV = "GOOGLE_GEMINI_BASE_URL"
 REQUEST_KEY_HEADER = "x-distill-request-key"
@@ -73,6 +70,11 @@ class GeminiBackend(CachedBackend):
 
             raise ConfigError(f"gemini transport must be one of {TRANSPORTS}, got {transport!r}")
         self._api_key = api_key or os.environ.get("GOOGLE_API_KEY") or os.environ.get("GEMINI_API_KEY")
+        # A bad paste or a URL without http:// is refused now, not retried for a minute per request.
+        check_api_key(
+            self._api_key,
+            "api_key" if api_key else ("GOOGLE_API_KEY" if os.environ.get("GOOGLE_API_KEY") else "GEMINI_API_KEY"),
+        )
         super().__init__(
             model,
             cache=cache,
@@ -83,6 +85,7 @@ class GeminiBackend(CachedBackend):
             seed=seed,
         )
         self.base_url = base_url or os.environ.get(BASE_URL_ENV) or None
+        check_base_url(self.base_url, "base_url" if base_url else BASE_URL_ENV)
         self.transport = transport
         self._client = None
         # Import now (about a second): inside generate_many it would stall the event loop.
@@ -250,25 +253,18 @@ def gemini_rest_body(request: Request) -> dict[str, Any]:
     return body
 
 
-def _classify(exc: Exception) -> Exception:
-    """Map whatever the client raised to TransientError / PermanentError (or re-raise)."""
+def _classify(exc: Exception) -> BaseException:
+    """Map whatever the client raised to the taxonomy of distill/llm/errors.py (or re-raise)."""
     from google.genai import errors
 
     if isinstance(exc, errors.APIError):
         code = getattr(exc, "code", None)
-        message = f"HTTP {code} {getattr(exc, 'status', '') or ''}: {getattr(exc, 'message', '') or ''}".strip()
-        if code in RETRYABLE_STATUS:
-            return TransientError(message, _retry_after(exc))
-        return PermanentError(message)
+        message = f"{getattr(exc, 'status', '') or ''}: {getattr(exc, 'message', '') or ''}".strip(" :")
+        return status_error(int(code or 0), message, _retry_after(exc))
     if isinstance(exc, json.JSONDecodeError):
-        return TransientError(f"malformed JSON body ({exc.msg} at char {exc.pos})")
-    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
-        return exc  # the retry loop counts it as a timeout
-    if isinstance(exc, (OSError, ValueError)) or _is_transport_error(exc):
-        # aiohttp.ClientError (connection reset, payload error) and httpx transport errors;
-        # ValueError covers bodies the library cannot decode.
-        return TransientError(f"{type(exc).__name__}: {exc}")
-    return exc
+        # The body was garbled on the way: nothing readable arrived, so nothing can be stored.
+        return TransientError(f"malformed JSON body ({exc.msg} at char {exc.pos})", kind="malformed body")
+    return client_error(exc)
 
 
 def _retry_after(exc) -> float | None:
@@ -282,79 +278,47 @@ def _retry_after(exc) -> float | None:
         return None
 
 
-def _is_transport_error(exc: Exception) -> bool:
-    try:
-        import aiohttp
-
-        if isinstance(exc, aiohttp.ClientError):
-            return True
-    except ImportError:
-        pass
-    try:
-        import httpx
-
-        if isinstance(exc, httpx.TransportError):
-            return True
-    except ImportError:
-        pass
-    return False
-
-
 def _sdk_to_response(result, request: Request) -> Response:
     candidates = result.candidates or []
     usage = result.usage_metadata
-    input_tokens = int(getattr(usage, "prompt_token_count", 0) or 0)
-    output_tokens = int(getattr(usage, "candidates_token_count", 0) or 0) + int(
-        getattr(usage, "thoughts_token_count", 0) or 0
+    tokens = dict(
+        input_tokens=int(getattr(usage, "prompt_token_count", 0) or 0),
+        output_tokens=int(getattr(usage, "candidates_token_count", 0) or 0)
+        + int(getattr(usage, "thoughts_token_count", 0) or 0),
     )
     if not candidates:
         feedback = getattr(result, "prompt_feedback", None)
         reason = getattr(feedback, "block_reason", None)
         if reason is None:
-            raise TransientError("response has no candidates")
-        # A blocked prompt is a real, repeatable answer: cache it as an empty text.
-        return Response(
-            text="",
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            finish_reason=f"BLOCKED:{getattr(reason, 'name', reason)}",
-        )
+            raise TransientError("response has no candidates", kind="no candidates")
+        return _blocked_prompt(getattr(reason, "name", None) or str(reason), request, tokens)
     candidate = candidates[0]
     thoughts, answer = [], []
     for part in candidate.content.parts if candidate.content and candidate.content.parts else []:
         if part.text is None:
             continue
         (thoughts if part.thought else answer).append(part.text)
-    answer_text = "".join(answer)
     finish = candidate.finish_reason
     finish_name = getattr(finish, "name", None) or (str(finish) if finish is not None else None)
-    parsed = parse_schema_output(request.schema, answer_text) if request.schema is not None else None
-    return Response(
-        text=join_thinking("".join(thoughts), answer_text),
-        parsed=parsed,
-        input_tokens=input_tokens,
-        output_tokens=output_tokens,
-        finish_reason=finish_name,
+    return build_response(
+        request, answer="".join(answer), thoughts="".join(thoughts), finish_reason=finish_name, **tokens
     )
 
 
 def _rest_to_response(data: Any, request: Request) -> Response:
     if not isinstance(data, dict):
-        raise TransientError("response body is not a JSON object")
+        raise TransientError("response body is not a JSON object", kind="malformed body")
     usage = data.get("usageMetadata") or {}
-    input_tokens = int(usage.get("promptTokenCount") or 0)
-    output_tokens = int(usage.get("candidatesTokenCount") or 0) + int(usage.get("thoughtsTokenCount") or 0)
+    tokens = dict(
+        input_tokens=int(usage.get("promptTokenCount") or 0),
+        output_tokens=int(usage.get("candidatesTokenCount") or 0) + int(usage.get("thoughtsTokenCount") or 0),
+    )
     candidates = data.get("candidates") or []
     if not candidates:
         reason = (data.get("promptFeedback") or {}).get("blockReason")
         if reason is None:
-            raise TransientError("response has no candidates")
-        return Response(
-            text="",
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            finish_reason=f"BLOCKED:{reason}",
-        )
+            raise TransientError("response has no candidates", kind="no candidates")
+        return _blocked_prompt(str(reason), request, tokens)
     candidate = candidates[0]
     thoughts, answer = [], []
     for part in (candidate.get("content") or {}).get("parts") or []:
@@ -362,12 +326,16 @@ def _rest_to_response(data: Any, request: Request) -> Response:
         if text is None:
             continue
         (thoughts if part.get("thought") else answer).append(text)
-    answer_text = "".join(answer)
-    parsed = parse_schema_output(request.schema, answer_text) if request.schema is not None else None
-    return Response(
-        text=join_thinking("".join(thoughts), answer_text),
-        parsed=parsed,
-        input_tokens=input_tokens,
-        output_tokens=output_tokens,
+    return build_response(
+        request,
+        answer="".join(answer),
+        thoughts="".join(thoughts),
         finish_reason=candidate.get("finishReason"),
+        **tokens,
     )
+
+
+def _blocked_prompt(reason: str, request: Request, tokens: dict[str, int]) -> Response:
+    """The prompt itself was blocked: a real, repeatable, paid answer with no text, marked
+    blocked (and so unusable), never an empty answer."""
+    return build_response(request, answer="", finish_reason=f"{PROMPT_BLOCKED_PREFIX}{reason}", **tokens)

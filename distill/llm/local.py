@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from distill.llm.base import (
+    DEFAULT_TRACE_REQUESTS,
     Request,
     Response,
     Usage,
@@ -64,6 +65,8 @@ class LocalBackend:
         self.default_max_new_tokens = default_max_new_tokens
         self.usage = Usage()
         self.prices = PriceTable.free()
+        self.role = ""
+        self.trace_requests = DEFAULT_TRACE_REQUESTS
         self._loaded = loaded
 
     def __repr__(self) -> str:
@@ -72,8 +75,10 @@ class LocalBackend:
     def key(self, request: Request) -> str:
         return request_key(self.name, self.model, request)
 
-    def generate(self, requests: Sequence[Request], *, progress: bool = True) -> list[Response]:
-        return run_sync(lambda: self.generate_many(requests, progress=progress))
+    def generate(
+        self, requests: Sequence[Request], *, progress: bool = True, role: str | None = None
+    ) -> list[Response]:
+        return run_sync(lambda: self.generate_many(requests, progress=progress, role=role))
 
     def close(self) -> None:
         self._loaded = None
@@ -91,8 +96,19 @@ class LocalBackend:
             )
         return self._loaded
 
-    async def generate_many(self, requests: Sequence[Request], *, progress: bool = True) -> list[Response]:
+    async def generate_many(
+        self, requests: Sequence[Request], *, progress: bool = True, role: str | None = None
+    ) -> list[Response]:
+        from distill.llm.tracing import traced_batch
+
         requests = list(requests)
+        with traced_batch(self, requests, role) as batch:
+            batch.responses = await self._generate_many(requests, progress)
+            self.usage.count_answers(batch.responses)
+            self.usage.count_delivered(batch.responses)
+        return batch.responses
+
+    async def _generate_many(self, requests: list[Request], progress: bool) -> list[Response]:
         keys = [self.key(r) for r in requests]
         results, to_fetch = partition_cached(self.cache, keys, self.usage)
         if not to_fetch:
@@ -111,9 +127,12 @@ class LocalBackend:
             for start in range(0, len(group_keys), self.batch_size):
                 batch_keys = group_keys[start : start + self.batch_size]
                 batch = [requests[to_fetch[k][0]] for k in batch_keys]
+                started_ns = time.time_ns()
                 responses = await asyncio.to_thread(self._generate_batch, batch, params, sample_index)
+                ended_ns = time.time_ns()
                 for key, request, response in zip(batch_keys, batch, responses):
                     response.key = key
+                    response.timing = (started_ns, ended_ns)
                     self.cache.put(key, response, request=request_record(self.name, self.model, request))
                     self.usage.requests += 1
                     self.usage.fetched += 1

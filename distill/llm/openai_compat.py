@@ -14,16 +14,14 @@ import os
 from typing import Any
 
 from distill.llm.base import (
-    RETRYABLE_STATUS,
     CachedBackend,
-    PermanentError,
     Request,
     Response,
     TransientError,
-    join_thinking,
+    build_response,
     parse_retry_after,
-    parse_schema_output,
 )
+from distill.llm.errors import check_api_key, check_base_url, client_error, status_error
 from distill.llm.gemini import REQUEST_KEY_HEADER
 
 DEFAULT_BASE_URL = "http://localhost:8000/v1"
@@ -46,6 +44,8 @@ class OpenAIBackend(CachedBackend):
         extra_body: dict[str, Any] | None = None,
     ):
         self._api_key = api_key or os.environ.get("OPENAI_API_KEY") or None
+        # A bad paste or a URL without http:// is refused now, not retried for a minute per request.
+        check_api_key(self._api_key, "api_key" if api_key else "OPENAI_API_KEY")
         super().__init__(
             model,
             cache=cache,
@@ -56,6 +56,7 @@ class OpenAIBackend(CachedBackend):
             seed=seed,
         )
         self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        check_base_url(self.base_url, "base_url" if base_url else "OPENAI_BASE_URL")
         self.extra_body = dict(extra_body or {})
         """Sent with every request (not part of the cache key: keep it to transport options)."""
         self._client = None
@@ -107,18 +108,16 @@ class OpenAIBackend(CachedBackend):
             )
         except httpx.TimeoutException:
             raise TimeoutError() from None
-        except httpx.TransportError as exc:
-            raise TransientError(f"{type(exc).__name__}: {exc}") from None
+        except Exception as exc:
+            raise client_error(exc) from None
         if reply.status_code != 200:
             detail = reply.text[:300].replace("\n", " ")
-            message = f"HTTP {reply.status_code}: {detail}"
-            if reply.status_code in RETRYABLE_STATUS:
-                raise TransientError(message, parse_retry_after(reply.headers.get("retry-after")))
-            raise PermanentError(message)
+            raise status_error(reply.status_code, detail, parse_retry_after(reply.headers.get("retry-after")))
         try:
             data = json.loads(reply.content)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise TransientError(f"malformed JSON body ({exc})") from None
+            # Garbled on the way: nothing readable arrived, so nothing can be stored.
+            raise TransientError(f"malformed JSON body ({exc})", kind="malformed body") from None
         return _to_response(data, request)
 
 
@@ -127,14 +126,12 @@ def _to_response(data: Any, request: Request) -> Response:
         choice = data["choices"][0]
         message = choice.get("message") or {}
     except (KeyError, IndexError, TypeError, AttributeError):
-        raise TransientError("response has no choices") from None
-    answer = message.get("content") or ""
-    reasoning = message.get("reasoning_content") or message.get("reasoning") or ""
+        raise TransientError("response has no choices", kind="no choices") from None
     usage = data.get("usage") or {}
-    parsed = parse_schema_output(request.schema, answer) if request.schema is not None else None
-    return Response(
-        text=join_thinking(reasoning, answer),
-        parsed=parsed,
+    return build_response(
+        request,
+        answer=message.get("content") or "",
+        thoughts=message.get("reasoning_content") or message.get("reasoning") or "",
         input_tokens=int(usage.get("prompt_tokens") or 0),
         output_tokens=int(usage.get("completion_tokens") or 0),
         finish_reason=choice.get("finish_reason"),

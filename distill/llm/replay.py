@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from distill.llm.base import ReplayMissError, Request, Response, Usage, request_key, run_sync
+from distill.llm.base import DEFAULT_TRACE_REQUESTS, ReplayMissError, Request, Response, Usage, request_key, run_sync
 from distill.llm.pricing import PriceTable
 
 RECORDING_BACKENDS = ("gemini", "openai", "local")
@@ -26,6 +26,8 @@ class ReplayBackend:
         self.recorded_by = tuple(recorded_by)
         self.usage = Usage()
         self.prices = PriceTable.free()
+        self.role = ""
+        self.trace_requests = DEFAULT_TRACE_REQUESTS
 
     def __repr__(self) -> str:
         return f"ReplayBackend(model={self.model!r}, cache={self.cache!r})"
@@ -37,11 +39,20 @@ class ReplayBackend:
     def candidate_keys(self, request: Request) -> list[str]:
         return [request_key(backend, self.model, request) for backend in self.recorded_by]
 
-    async def generate_many(self, requests: Sequence[Request], *, progress: bool = True) -> list[Response]:
-        return self._answer(list(requests))
+    async def generate_many(
+        self, requests: Sequence[Request], *, progress: bool = True, role: str | None = None
+    ) -> list[Response]:
+        from distill.llm.tracing import traced_batch
 
-    def generate(self, requests: Sequence[Request], *, progress: bool = True) -> list[Response]:
-        return run_sync(lambda: self.generate_many(requests, progress=progress))
+        requests = list(requests)
+        with traced_batch(self, requests, role) as batch:
+            batch.responses = self._answer(requests)
+        return batch.responses
+
+    def generate(
+        self, requests: Sequence[Request], *, progress: bool = True, role: str | None = None
+    ) -> list[Response]:
+        return run_sync(lambda: self.generate_many(requests, progress=progress, role=role))
 
     def close(self) -> None:
         pass
@@ -70,4 +81,6 @@ class ReplayBackend:
             self.usage.cache_hits += 1
             self.usage.cached_input_tokens += response.input_tokens
             self.usage.cached_output_tokens += response.output_tokens
+        self.usage.count_answers(results)
+        self.usage.count_delivered(results)
         return results

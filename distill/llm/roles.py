@@ -10,7 +10,11 @@ replay backend looks a request up first as the bundled recordings keyed it
 (distill/llm/recording.py), then as a live gemini, openai or local run would have.
 
 `usage_metrics` turns each role's `Usage` counters into `llm/<role>/*` metrics plus `llm/*`
-summed over the roles; `usage_summary` is the one line a stage prints per role.
+summed over the roles (with `failure_rate`, the share of asked requests that got no usable
+answer); `usage_summary` is the one line a stage prints per role. Two rules both LLM stages
+follow live here too: `enforce_failure_rate` fails a stage when a role's share of requests
+without a usable answer is above its `max_failure_rate`, and `resume_from_cache` marks KILLED the runs
+a killed process left RUNNING on the same response cache, whose work this run resumes.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from distill.errors import ConfigError
+from distill.errors import ConfigError, StageFailed
 from distill.llm.factory import BACKENDS
 from distill.llm.recording import EXAMPLE_MODELS, RECORDED_BACKEND
 
@@ -63,6 +67,12 @@ class BackendSettings:
     """Local backend: cuda, cpu, mps; None picks one."""
     batch_size: int = 8
     """Local backend: prompts per generate call."""
+    max_repairs: int = 1
+    """New requests for an answer that fails its schema (network backends)."""
+    circuit_breaker: int = 8
+    """Stop a backend whose first N requests all end the same way without a usable answer."""
+    trace_requests: int = 16
+    """Requests per batch with a trace span of their own."""
 
     @classmethod
     def of(cls, cfg: Any) -> BackendSettings:
@@ -79,15 +89,19 @@ class BackendSettings:
             seed=cfg.seed,
             device=None if device in (None, "auto") else device,
             batch_size=getattr(cfg, "student_batch_size", cls.batch_size),
+            max_repairs=cfg.max_repairs,
+            circuit_breaker=cfg.circuit_breaker,
+            trace_requests=cfg.trace_requests,
         )
 
 
-def role_backend(kind: str, model: str, *, cache, settings: BackendSettings):
-    """The backend of one role, in front of the run's response cache (a ResponseCache)."""
+def role_backend(kind: str, model: str, *, cache, settings: BackendSettings, role: str = ""):
+    """The backend of one role, in front of the run's response cache (a ResponseCache); `role`
+    names its trace spans."""
     from distill.llm.factory import make_backend
     from distill.llm.replay import RECORDING_BACKENDS
 
-    return make_backend(
+    backend = make_backend(
         kind,
         model,
         cache=cache,
@@ -96,12 +110,17 @@ def role_backend(kind: str, model: str, *, cache, settings: BackendSettings):
         timeout_s=settings.timeout_s,
         backoff_base_s=settings.backoff_base_s,
         backoff_max_s=settings.backoff_max_s,
+        max_repairs=settings.max_repairs,
+        circuit_breaker=settings.circuit_breaker,
         prices=settings.prices,
         seed=settings.seed,
         device=settings.device,
         batch_size=settings.batch_size,
         recorded_by=(RECORDED_BACKEND, *RECORDING_BACKENDS),
     )
+    backend.role = role
+    backend.trace_requests = settings.trace_requests
+    return backend
 
 
 def usage_metrics(usages: Mapping[str, Any]) -> dict[str, float]:
@@ -109,9 +128,11 @@ def usage_metrics(usages: Mapping[str, Any]) -> dict[str, float]:
     metrics: dict[str, float] = {}
     for role, usage in usages.items():
         metrics.update({name: float(value) for name, value in usage.as_dict(f"llm/{role}/").items()})
+        metrics[f"llm/{role}/failure_rate"] = usage.failure_rate
     if usages:
         for name in dataclasses.asdict(next(iter(usages.values()))):
             metrics[f"llm/{name}"] = float(sum(getattr(usage, name) for usage in usages.values()))
+        metrics["llm/failure_rate"] = metrics["llm/unanswered"] / metrics["llm/asked"] if metrics["llm/asked"] else 0.0
     return metrics
 
 
@@ -121,3 +142,38 @@ def usage_summary(usage) -> str:
     if usage.cache_hits:
         line += f"; cached tokens in/out {usage.cached_input_tokens}/{usage.cached_output_tokens}"
     return line
+
+
+def enforce_failure_rate(usages: Mapping[str, Any], max_failure_rate: float) -> None:
+    """A StageFailed (reason `failure_rate`) when, for any role, more than `max_failure_rate` of
+    the requests it asked got no usable answer (failed after retries, blocked, unusable after
+    repairs). Per role, because each role's answers are needed: a teacher that failed on every
+    item is not diluted by a student that answered. Called once the outputs are written: they
+    stay for a look, and the cache for the rerun."""
+    above = {role: usage for role, usage in usages.items() if usage.failure_rate > max_failure_rate}
+    if not above:
+        return
+    roles = ", ".join(f"{role} {u.unanswered} of {u.asked} ({u.failure_rate:.0%})" for role, u in above.items())
+    raise StageFailed(
+        f"requests with no usable answer: {roles}, above max_failure_rate={max_failure_rate:g}. The outputs "
+        "were written for a look and every paid answer is cached: fix the cause and rerun to fetch only what "
+        "is missing.",
+        "failure_rate",
+    )
+
+
+def resume_from_cache(cache_path: Any) -> list[str]:
+    """Tag the active run with the response cache it works from, and mark KILLED the runs on the
+    same cache that a killed process left RUNNING (this run resumes their work: what they paid
+    for is in the cache). Returns one line per run closed, for the console."""
+    import hashlib
+    from pathlib import Path
+
+    from distill import tracking
+
+    resume_key = hashlib.sha256(str(Path(cache_path).resolve()).encode("utf-8")).hexdigest()[:16]
+    return [
+        f"note: run {run.info.run_id} ({run.info.run_name}) was left RUNNING by a process that no longer "
+        f"exists; marked it KILLED. This run resumes its work from {cache_path}."
+        for run in tracking.close_stale_runs(resume_key)
+    ]

@@ -6,8 +6,9 @@ pairs, metrics and summary are distill/blueprint/candidates.py):
    candidate per seed and target, deterministic for a seed); reads every evaluation set and
    seed set into one n-gram index (decontamination); loads the prompt templates;
 2. ask: the teacher writes one blueprint per candidate (structured output, `BlueprintOutput`);
-   every response goes into the response cache the moment it arrives, so a killed run
-   resumes without paying twice;
+   every paid response goes into the response cache the moment it arrives (one that fails the
+   schema too, then repaired by a new request), so a killed run resumes paying again only for
+   what was in flight;
 3. gate: schema, answers, form, decontamination, then an independent re-solve by the verifier,
    then the duplicate filter (`distill.blueprint.gates`);
 4. write: `<output_dir>/pairs/` (HF `save_to_disk` + `pairs.jsonl`, each row a
@@ -18,7 +19,9 @@ pairs, metrics and summary are distill/blueprint/candidates.py):
    versions, and the metrics `augment/*` (candidates, accepted per subject and per transfer
    kind), `gate/<name>/{reached,passed,rejected,pass_share}` and `llm/*` (requests, cache
    hits, tokens, cost);
-6. prints a one-screen summary.
+6. prints a one-screen summary, and fails (exit 2, the run FAILED with its reason) when more
+   than `max_failure_rate` of a role's requests got no usable answer.
+Each batch of LLM calls is a trace in the run's Traces tab (distill/llm/tracing.py).
 
 The embedded default (no parameters) runs offline: the teacher and the verifier are replay
 backends answering from `distill/resources/replay/augment.jsonl` (the one recording format of
@@ -167,7 +170,7 @@ class AugmentConfig:
     cache_path: str = field(
         default="outputs/augment/cache.sqlite",
         metadata={
-            "help": "Response cache (SQLite). Every response is stored as it arrives; a rerun (or a killed run resumed) pays for nothing twice."
+            "help": "Response cache (SQLite). Every paid response is stored as it arrives; a rerun (or a killed run resumed) pays again only for the requests in flight when a run was killed (at most concurrency per backend)."
         },
     )
     prices: str | None = field(
@@ -178,7 +181,34 @@ class AugmentConfig:
     )
     concurrency: int = field(default=16, metadata={"help": "Requests in flight at once (network backends)."})
     max_retries: int = field(
-        default=6, metadata={"help": "Retries of a request after 429/5xx/timeouts/malformed answers."}
+        default=6,
+        metadata={
+            "help": "Retries of a request after 429/5xx/timeouts/garbled bodies. A permanent error (400/401/403/404, a bad base URL or key) is never retried: the stage stops at it."
+        },
+    )
+    max_failure_rate: float = field(
+        default=0.1,
+        metadata={
+            "help": "Largest share (0-1) of a role's requests that may end with no usable answer (failed after retries, blocked, failing the schema after repairs); above it, for any role, the stage writes its outputs, then fails (exit 2, MLflow run FAILED, tag distill.failure_reason=failure_rate). A rerun fetches only what is missing."
+        },
+    )
+    circuit_breaker: int = field(
+        default=8,
+        metadata={
+            "help": "Stop a backend when its first N requests all end the same way without a usable answer (after their retries); 0: never."
+        },
+    )
+    max_repairs: int = field(
+        default=1,
+        metadata={
+            "help": "New requests (the bad answer shown back, with what is wrong) for a blueprint that fails its response schema; the bad answer itself is cached and paid once."
+        },
+    )
+    trace_requests: int = field(
+        default=16,
+        metadata={
+            "help": "Requests per batch traced with their own span in the run's Traces (every batch gets one span); 0: batches only."
+        },
     )
     timeout_s: float = field(default=300.0, metadata={"help": "Per-attempt timeout in seconds."})
     backoff_base_s: float = field(
@@ -245,8 +275,11 @@ class AugmentConfig:
                 raise ConfigError(f"verify must be on or off, got {self.verify!r}") from None
 
     def _check_ranges(self) -> None:
-        if self.max_retries < 0:
-            raise ConfigError(f"max_retries must be >= 0, got {self.max_retries}")
+        for name in ("max_retries", "circuit_breaker", "max_repairs", "trace_requests"):
+            if int(getattr(self, name)) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.max_failure_rate <= 1.0:
+            raise ConfigError(f"max_failure_rate must be within 0..1, got {self.max_failure_rate}")
         if self.timeout_s <= 0 or self.concurrency < 1:
             raise ConfigError("timeout_s must be positive and concurrency at least 1")
         if self.verify_samples < 1:
@@ -421,13 +454,13 @@ def gather(candidates: Sequence, prepared: Prepared, cfg: AugmentConfig, teacher
     )
 
     requests = blueprint_requests(candidates, prepared.templates["blueprint"], teacher_params(cfg))
-    for candidate, response in zip(candidates, teacher.generate(requests)):
+    for candidate, response in zip(candidates, teacher.generate(requests, role="teacher")):
         candidate.response = response
     screen(candidates, prepared.index, cfg)
     if verifier is not None:
         k = cfg.verify_samples
         requests = verification_requests(candidates, prepared.templates["verify"], verifier_params(cfg), k)
-        answers = verifier.generate(requests) if requests else []
+        answers = verifier.generate(requests, role="verifier") if requests else []
         alive = [c for c in candidates if c.alive]
         apply_verification(candidates, {c.id: list(answers[i * k : (i + 1) * k]) for i, c in enumerate(alive)})
     apply_dedup(candidates, cfg.dedup_threshold, cfg.ngram)
@@ -603,8 +636,12 @@ def record(cfg: AugmentConfig, prepared: Prepared, candidates: Sequence, usages:
 
 
 def run(cfg: AugmentConfig) -> AugmentOutputs:
-    """Plan, generate, gate, write and log one augmentation run; print a one-screen summary."""
-    from distill.llm.roles import BackendSettings, role_backend
+    """Plan, generate, gate, write and log one augmentation run; print a one-screen summary.
+
+    Fails (StageFailed, the MLflow run FAILED with `distill.failure_reason`) at a permanent
+    error, a tripped circuit breaker, or, after writing the outputs, when more than
+    `max_failure_rate` of the requests got no usable answer."""
+    from distill.llm.roles import BackendSettings, enforce_failure_rate, resume_from_cache, role_backend
     from distill.pairs import is_mlflow_uri
 
     started = time.perf_counter()
@@ -622,28 +659,25 @@ def run(cfg: AugmentConfig) -> AugmentOutputs:
         settings = BackendSettings.of(cfg)
         for role in ("teacher", "verifier") if cfg.verify else ("teacher",):
             kind, model = getattr(cfg, f"{role}_backend"), getattr(cfg, role)
-            backends[role] = role_backend(kind, model, cache=cache, settings=settings)
-        with tracking.start_run(run_name=f"augment {cfg.teacher}") as active:
+            backends[role] = role_backend(kind, model, cache=cache, settings=settings, role=role)
+        with tracking.start_run(run_name=f"augment {cfg.teacher}") as active, tracking.tagging_failure():
+            for line in resume_from_cache(cfg.cache_path):
+                print(line)
             prompt_uris = log_start(cfg, prepared)
             candidates = prepared.candidates()
             gather(candidates, prepared, cfg, backends["teacher"], backends.get("verifier"))
             usages = {role: backend.usage for role, backend in backends.items()}
             pairs, rejected, counts, metrics, summary = record(cfg, prepared, candidates, usages, imported, started)
+            run_id, output_dir = active.info.run_id, Path(cfg.output_dir)
+            print_summary(summary, run_id, output_dir, len(pairs), len(rejected), prompt_uris, metrics)
+            tracking.flush_traces()  # the Traces tab is complete when the run ends
+            enforce_failure_rate(usages, cfg.max_failure_rate)
     finally:
         for backend in backends.values():
             backend.close()
         cache.close()
 
-    run_id, output_dir = active.info.run_id, Path(cfg.output_dir)
     pairs_dir = output_dir / PAIRS_DIR
-    print()
-    print(summary)
-    print(
-        f"wrote {pairs_dir} ({len(pairs)} pairs: HF dataset + {PAIRS_FILE}) and {output_dir / REJECTED_FILE} ({len(rejected)} refused)"
-    )
-    print(
-        f"run {run_id}  ·  train with -P pairs=runs:/{run_id}/{PAIRS_DIR}  ·  prompts {', '.join(prompt_uris.values())}  ·  {metrics['augment/wall_s']:.1f} s"
-    )
     return AugmentOutputs(
         run_id=run_id,
         output_dir=output_dir,
@@ -656,4 +690,17 @@ def run(cfg: AugmentConfig) -> AugmentOutputs:
         metrics=metrics,
         wall_s=metrics["augment/wall_s"],
         prompts=prompt_uris,
+    )
+
+
+def print_summary(summary: str, run_id: str, output_dir: Path, pairs: int, refused: int, prompt_uris, metrics) -> None:
+    """The one screen a run ends with: the summary, what was written, how to train on it."""
+    pairs_dir = output_dir / PAIRS_DIR
+    print()
+    print(summary)
+    print(
+        f"wrote {pairs_dir} ({pairs} pairs: HF dataset + {PAIRS_FILE}) and {output_dir / REJECTED_FILE} ({refused} refused)"
+    )
+    print(
+        f"run {run_id}  ·  train with -P pairs=runs:/{run_id}/{PAIRS_DIR}  ·  prompts {', '.join(prompt_uris.values())}  ·  {metrics['augment/wall_s']:.1f} s"
     )

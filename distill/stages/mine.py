@@ -25,6 +25,12 @@ answers from the recording bundled with the package (distill/resources/replay/mi
 the one recording format of distill/llm/recording.py, written by the project for the 24 bundled
 seeds and rebuilt by scripts/build_mine_replay.py), imported into the cache at the start of a
 run that uses the replay backend.
+
+Failing loudly and paying once (the taxonomy is distill/llm/errors.py): every paid answer is
+cached, the unusable ones too; a permanent error or a tripped circuit breaker stops the run; a
+role with more than `max_failure_rate` of its requests unanswered fails it once the outputs
+are written; a rerun on the same cache marks runs a killed process left RUNNING as KILLED.
+Each batch of LLM calls is a trace in the run's Traces tab (distill/llm/tracing.py).
 """
 
 from __future__ import annotations
@@ -127,7 +133,31 @@ class MineConfig:
     max_retries: int = field(
         default=6,
         metadata={
-            "help": "Retries per request on 429/5xx/timeouts/bad bodies; after that the request is a failure row."
+            "help": "Retries per request on 429/5xx/timeouts/garbled bodies; after that the request is a failure row. A permanent error (400/401/403/404, a bad base URL or key) is never retried: the stage stops at it."
+        },
+    )
+    max_failure_rate: float = field(
+        default=0.1,
+        metadata={
+            "help": "Largest share (0-1) of a role's requests that may end with no usable answer (failed after retries, blocked, unusable); above it, for any role, the stage writes its outputs, then fails (exit 2, MLflow run FAILED, tag distill.failure_reason=failure_rate). A rerun fetches only what is missing."
+        },
+    )
+    circuit_breaker: int = field(
+        default=8,
+        metadata={
+            "help": "Stop a backend when its first N requests all end the same way without a usable answer (after their retries); 0: never."
+        },
+    )
+    max_repairs: int = field(
+        default=1,
+        metadata={
+            "help": "New requests (the bad answer shown back) for an answer that fails its response schema; the bad answer itself is cached and paid once."
+        },
+    )
+    trace_requests: int = field(
+        default=16,
+        metadata={
+            "help": "Requests per batch traced with their own span in the run's Traces (every batch gets one span); 0: batches only."
         },
     )
     backoff_base_s: float = field(
@@ -140,7 +170,7 @@ class MineConfig:
     cache_path: str = field(
         default="outputs/mine/cache.sqlite",
         metadata={
-            "help": "Response cache (SQLite). Every response is stored as it arrives; a rerun pays for nothing twice."
+            "help": "Response cache (SQLite). Every paid response is stored as it arrives; a rerun pays again only for the requests in flight when a run was killed (at most concurrency per backend)."
         },
     )
     recording: str | None = field(
@@ -192,8 +222,11 @@ class MineConfig:
         for name in ("student_samples", "teacher_samples", "max_output_tokens", "concurrency", "student_batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.max_retries < 0:
-            raise ConfigError(f"max_retries must be >= 0, got {self.max_retries}")
+        for name in ("max_retries", "circuit_breaker", "max_repairs", "trace_requests"):
+            if int(getattr(self, name)) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.max_failure_rate <= 1.0:
+            raise ConfigError(f"max_failure_rate must be within 0..1, got {self.max_failure_rate}")
         if self.timeout_s <= 0:
             raise ConfigError(f"timeout_s must be positive, got {self.timeout_s}")
         if not 0.0 <= self.pass_rate_threshold <= 1.0:
@@ -362,11 +395,11 @@ def judge(cfg: MineConfig, items: Sequence[MCQItem], teacher, attempts, decision
         pending.append((item, candidates, swapped, request))
     if not pending:
         return
-    responses = run_sync(lambda: teacher.generate_many([request for *_, request in pending]))
+    responses = run_sync(lambda: teacher.generate_many([request for *_, request in pending], role="judge"))
     for (item, candidates, swapped, request), response in zip(pending, responses):
-        verdict = parse_judge_verdict(response.text) if response.ok else None
+        verdict = parse_judge_verdict(response.text) if response.usable else None
         attempts[item.id]["judge"].append(judge_attempt(item, teacher.name, teacher.model, request, response, verdict))
-        if response.ok:
+        if response.usable:
             decisions[item.id] = apply_verdict(decisions[item.id], candidates, swapped, verdict)
 
 
@@ -478,8 +511,12 @@ def record(cfg: MineConfig, items, result: MineResult, usages: Mapping[str, Any]
 
 
 def run(cfg: MineConfig) -> MineOutputs:
-    """Load seeds, ask teacher and student, select hard negatives, log everything, print a summary."""
-    from distill.llm.roles import BackendSettings, role_backend
+    """Load seeds, ask teacher and student, select hard negatives, log everything, print a summary.
+
+    Fails (StageFailed, the MLflow run FAILED with `distill.failure_reason`) at a permanent
+    error, a tripped circuit breaker, or, after writing the outputs, when more than
+    `max_failure_rate` of the requests got no usable answer."""
+    from distill.llm.roles import BackendSettings, enforce_failure_rate, resume_from_cache, role_backend
     from distill.mining import read_error_types
     from distill.prompt_registry import log_prompt_versions
 
@@ -493,9 +530,14 @@ def run(cfg: MineConfig) -> MineOutputs:
         settings = BackendSettings.of(cfg)
         for role in ("teacher", "student"):
             kind, model = getattr(cfg, f"{role}_backend"), getattr(cfg, role)
-            backends.append(role_backend(kind, model, cache=cache, settings=settings))
+            backends.append(role_backend(kind, model, cache=cache, settings=settings, role=role))
         teacher, student = backends
-        with tracking.start_run(run_name=f"mine {cfg.teacher} vs {Path(cfg.student).name}") as active:
+        with (
+            tracking.start_run(run_name=f"mine {cfg.teacher} vs {Path(cfg.student).name}") as active,
+            tracking.tagging_failure(),
+        ):
+            for line in resume_from_cache(cfg.cache_path):
+                print(line)
             log_start(cfg)
             prompts, judge_template = register_prompts()
             log_prompt_versions(prompts.values())
@@ -504,17 +546,21 @@ def run(cfg: MineConfig) -> MineOutputs:
             frame, (attempts_path, hard_negatives_path), metrics, summary = record(
                 cfg, items, result, usages, imported, started
             )
+            print()
+            print(summary)
+            print(
+                f"wrote {hard_negatives_path} ({len(result.hard_negatives)} hard negatives) and {attempts_path} ({len(frame)} attempts)"
+            )
+            print(
+                f"run {active.info.run_id}  ·  prompts {', '.join(prompts.values())}  ·  {metrics['mine/wall_s']:.1f} s"
+            )
+            tracking.flush_traces()  # the Traces tab is complete when the run ends
+            enforce_failure_rate(usages, cfg.max_failure_rate)
     finally:
         for backend in backends:
             backend.close()
         cache.close()
 
-    print()
-    print(summary)
-    print(
-        f"wrote {hard_negatives_path} ({len(result.hard_negatives)} hard negatives) and {attempts_path} ({len(frame)} attempts)"
-    )
-    print(f"run {active.info.run_id}  ·  prompts {', '.join(prompts.values())}  ·  {metrics['mine/wall_s']:.1f} s")
     return MineOutputs(
         run_id=active.info.run_id,
         attempts=frame,

@@ -20,6 +20,9 @@ Faults (names used in plans and scripts):
 A call's key is the `x-distill-request-key` header the distill backends send (the cache key),
 or a hash of the body. A success is recorded only after the whole body was written to an
 open connection.
+
+`answer_fn(body)` replaces the answer: a text, or a `Reply` that also says how the answer
+finished (a finish reason such as SAFETY or MAX_TOKENS, or a blocked prompt).
 """
 
 from __future__ import annotations
@@ -45,6 +48,22 @@ def stable_hash(*parts: Any) -> int:
 def expected_choice(prompt: str, seed: int | None, n_choices: int = 4) -> int:
     """The choice (1-based) the fakes answer for a prompt and seed: tests compute it too."""
     return stable_hash(prompt, seed) % n_choices + 1
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What an `answer_fn` may return instead of a text: the answer and how it finished."""
+
+    text: str = ""
+    finish_reason: str | None = None
+    """The provider's finish reason (Gemini: STOP, MAX_TOKENS, SAFETY, ...; OpenAI: stop, length,
+    content_filter). None: the normal one."""
+    block_reason: str | None = None
+    """Gemini only: the prompt itself was blocked (no candidate, promptFeedback.blockReason)."""
+
+
+def as_reply(answer: str | Reply) -> Reply:
+    return answer if isinstance(answer, Reply) else Reply(text=answer)
 
 
 @dataclass
@@ -206,6 +225,21 @@ class FakeLLMServer:
             self._loop.call_soon_threadsafe(self._release.set)
 
     # -- what happened -------------------------------------------------------------------------
+
+    def in_flight(self) -> list[Call]:
+        """Calls admitted and not answered yet (not held: being answered)."""
+        with self._lock:
+            return [c for c in self.calls if c.outcome == "pending"]
+
+    def answered_per_key(self) -> dict[str, int]:
+        """Per key, the calls that got as far as producing an answer (no fault injected, not held):
+        what a provider bills, whether or not the client was still there to read it."""
+        counts: dict[str, int] = {}
+        with self._lock:
+            for call in self.calls:
+                if call.fault is None and call.outcome in ("ok", "aborted", "pending"):
+                    counts[call.key] = counts.get(call.key, 0) + 1
+        return counts
 
     def successes(self) -> list[Call]:
         with self._lock:
@@ -427,3 +461,28 @@ def kill_when_settled(victim, server: FakeLLMServer, stored_rows: Callable[[], i
     server.release()
     assert len(server.successes()) == stored, "a call answered after the kill was never stored"
     return stored
+
+
+def kill_in_flight(
+    victim, server: FakeLLMServer, stored_rows: Callable[[], int], *, after: int, timeout_s: float = 180
+):
+    """SIGKILL `victim` at a moment when at least `after` answers are stored and some calls are
+    in flight (admitted, not answered yet: their answers are lost). Returns (rows stored at the
+    kill, calls in flight at the kill)."""
+    import signal
+
+    deadline = time.time() + timeout_s
+    while True:
+        assert time.time() < deadline, "the stage never had answers stored and calls in flight at once"
+        assert victim.poll() is None, victim.communicate()[1][-3000:]
+        in_flight = len(server.in_flight())
+        if in_flight and stored_rows() >= after:
+            break
+        time.sleep(0.01)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(30)
+    assert victim.returncode == -signal.SIGKILL
+    deadline = time.time() + 30
+    while server.in_flight() and time.time() < deadline:  # the server notices the dropped connections
+        time.sleep(0.05)
+    return stored_rows(), in_flight

@@ -6,7 +6,8 @@ request: the choice is `expected_choice(prompt, seed)` where `prompt` is the tex
 content part joined with newlines (system instruction first). With `application/json` it
 answers `{"reasoning": ..., "answer": N}`; otherwise a Korean explanation ending `정답: N`.
 With includeThoughts it adds a thought part. usageMetadata counts ~3 characters per token.
-A test can replace the answer text with `answer_fn(request_json) -> str`.
+A test can replace the answer with `answer_fn(request_json) -> str | Reply` (a Reply also sets
+the finish reason, or blocks the prompt: no candidate, `promptFeedback.blockReason`).
 
 Run alone (for benchmarks): `python -m tests.fakes.fake_gemini --latency 0.2 --port-file F`.
 """
@@ -19,9 +20,9 @@ import subprocess
 import sys
 from typing import Any
 
-from . import FakeLLMServer, FaultPlan, expected_choice, run_main, token_count
+from . import FakeLLMServer, FaultPlan, Reply, as_reply, expected_choice, run_main, token_count
 
-__all__ = ["FakeGeminiServer", "FaultPlan", "gemini_prompt", "gemini_seed"]
+__all__ = ["FakeGeminiServer", "FaultPlan", "Reply", "gemini_prompt", "gemini_seed"]
 
 
 def gemini_prompt(body: dict[str, Any]) -> str:
@@ -63,8 +64,10 @@ class FakeGeminiServer(FakeLLMServer):
         prompt = gemini_prompt(body)
         choice = expected_choice(prompt, gemini_seed(body))
         json_mode = config.get("responseMimeType") == "application/json"
+        reply = Reply()
         if self.answer_fn is not None:
-            text = self.answer_fn(body)
+            reply = as_reply(self.answer_fn(body))
+            text = reply.text
         elif json_mode:
             text = json.dumps(
                 {"reasoning": f"선택지를 차례로 검토하면 {choice}번이 맞다.", "answer": choice}, ensure_ascii=False
@@ -87,8 +90,16 @@ class FakeGeminiServer(FakeLLMServer):
         }
         if thought_tokens:
             usage["thoughtsTokenCount"] = thought_tokens
+        if reply.block_reason:
+            return {
+                "promptFeedback": {"blockReason": reply.block_reason},
+                "usageMetadata": {"promptTokenCount": prompt_tokens, "totalTokenCount": prompt_tokens},
+            }
+        finish = reply.finish_reason or "STOP"
+        if finish in ("SAFETY", "RECITATION"):  # the answer is withheld
+            parts, usage["candidatesTokenCount"] = [], 0
         return {
-            "candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": "STOP", "index": 0}],
+            "candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": finish, "index": 0}],
             "usageMetadata": usage,
             "modelVersion": path.rsplit("/", 1)[-1].split(":")[0],
         }
@@ -124,15 +135,26 @@ LIVE_TEACHER_FIELDS = (
 
 
 def stage_process(
-    stage: str, cfg: Any, base_url: str, *, extra_fields: tuple[str, ...] = (), cwd: Any = None
+    stage: str,
+    cfg: Any,
+    base_url: str,
+    *,
+    extra_fields: tuple[str, ...] = (),
+    cwd: Any = None,
+    env: dict[str, str] | None = None,
 ) -> subprocess.Popen:
     """`python -m distill <stage>` in a child process, its teacher the fake Gemini server at
     base_url, its parameters `cfg`'s values of LIVE_TEACHER_FIELDS and `extra_fields` (the child
-    is killed in fault tests)."""
+    is killed in fault tests); `env` overrides the child's environment."""
     args = ["--teacher_backend", "gemini"]
     for name in (*LIVE_TEACHER_FIELDS, *extra_fields):
         args += [f"--{name}", str(getattr(cfg, name))]
-    env = dict(os.environ, GOOGLE_GEMINI_BASE_URL=base_url, GEMINI_API_KEY="dummy-key-for-the-fake-server")
+    env = {
+        **os.environ,
+        "GOOGLE_GEMINI_BASE_URL": base_url,
+        "GEMINI_API_KEY": "dummy-key-for-the-fake-server",
+        **(env or {}),
+    }
     env.pop("GOOGLE_API_KEY", None)
     return subprocess.Popen(
         [sys.executable, "-m", "distill", stage, *args],

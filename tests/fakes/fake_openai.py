@@ -3,7 +3,8 @@
 Answers deterministically: choice = `expected_choice(prompt, seed)` with `prompt` the message
 contents joined by newlines. `response_format: json_schema` gives `{"reasoning", "answer"}`;
 `chat_template_kwargs.enable_thinking: true` adds `reasoning_content` as vLLM's reasoning
-parser does. Every body is recorded, so tests can check pass-through options (top_k,
+parser does. `answer_fn(body) -> str | Reply` replaces the answer (a Reply also sets the
+finish_reason: length, content_filter). Every body is recorded, so tests can check pass-through options (top_k,
 presence_penalty, repetition_penalty, chat_template_kwargs, response_format).
 """
 
@@ -13,7 +14,7 @@ import json
 import time
 from typing import Any
 
-from . import FakeLLMServer, FaultPlan, expected_choice, run_main, token_count
+from . import FakeLLMServer, FaultPlan, Reply, as_reply, expected_choice, run_main, token_count
 
 __all__ = ["FakeOpenAIServer", "FaultPlan", "openai_prompt"]
 
@@ -41,8 +42,10 @@ class FakeOpenAIServer(FakeLLMServer):
         prompt = openai_prompt(body)
         choice = expected_choice(prompt, body.get("seed"))
         wants_json = (body.get("response_format") or {}).get("type") == "json_schema"
+        reply = Reply()
         if self.answer_fn is not None:
-            content = self.answer_fn(body)
+            reply = as_reply(self.answer_fn(body))
+            content = reply.text
         elif wants_json:
             content = json.dumps(
                 {"reasoning": f"{choice}번이 조건을 모두 만족한다.", "answer": choice}, ensure_ascii=False
@@ -62,7 +65,7 @@ class FakeOpenAIServer(FakeLLMServer):
             "object": "chat.completion",
             "created": int(time.time()),
             "model": body.get("model", ""),
-            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+            "choices": [{"index": 0, "message": message, "finish_reason": reply.finish_reason or "stop"}],
             "usage": {
                 "prompt_tokens": prompt_tokens,
                 "completion_tokens": completion_tokens,

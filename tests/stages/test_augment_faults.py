@@ -4,18 +4,23 @@ answers, decontamination, verification and dedup gates):
 - through every fault the server can inject, every candidate finishes and no request is
   answered twice, and the pairs are byte for byte those of a run without faults;
 - killed with SIGKILL in the middle of its teacher requests and rerun, it writes the same
-  dataset as an uninterrupted run, paying for no response twice.
+  dataset as an uninterrupted run, paying for no response twice, and marks the killed run
+  (left RUNNING in MLflow) KILLED;
+- a blueprint that fails its schema is paid for once, stored and counted, and repaired by one
+  new request, never re-sent as it was; with no usable blueprint the stage fails loudly.
 
 The fake server answers each prompt with the response the bundled recording holds for it, so
 the live runs reproduce the embedded default's candidates."""
 
 from __future__ import annotations
 
+import collections
 import json
 from pathlib import Path
 
 import pytest
 
+from distill.errors import StageFailed
 from distill.stages.augment import AugmentConfig, run
 from tests.fakes import FaultPlan, kill_when_settled
 from tests.fakes.fake_gemini import FakeGeminiServer, gemini_prompt, stage_process
@@ -148,6 +153,14 @@ def test_every_candidate_finishes_through_every_fault_and_nothing_is_fetched_twi
 KILL_AFTER = 6
 
 
+def augment_runs(status: str):
+    import mlflow
+
+    return mlflow.search_runs(
+        experiment_names=["distill-augment"], filter_string=f"attributes.status = '{status}'", output_format="list"
+    )
+
+
 def test_sigkill_then_rerun_gives_the_same_dataset_and_pays_nothing_twice(
     mlflow_store, gemini_env, scripted, tmp_path, capsys
 ):
@@ -164,10 +177,14 @@ def test_sigkill_then_rerun_gives_the_same_dataset_and_pays_nothing_twice(
         assert not (Path(cfg.output_dir) / "pairs").exists()
         assert 0 < stored_before < n_requests
 
+        [killed] = augment_runs("RUNNING")  # MLflow never heard of the kill
+
         gemini_env.setenv("GOOGLE_GEMINI_BASE_URL", server.base_url)
         resumed = run(cfg)
-        capsys.readouterr()
+        printed = capsys.readouterr().out
         assert server.duplicate_successes() == []
+        assert f"note: run {killed.info.run_id}" in printed and "marked it KILLED" in printed
+        assert {r.info.run_id for r in augment_runs("KILLED")} == {killed.info.run_id}
         assert len(server.successes()) == n_requests
 
     assert resumed.metrics["llm/cache_hits"] == stored_before
@@ -180,3 +197,38 @@ def test_sigkill_then_rerun_gives_the_same_dataset_and_pays_nothing_twice(
     assert load_from_disk(str(resumed.pairs_dir)).to_list() == load_from_disk(str(reference.pairs_dir)).to_list()
     assert json.loads(reference.pairs_path.read_text(encoding="utf-8").splitlines()[0])["teacher"] == MODEL
     assert scripted.misses == []
+
+
+def test_a_blueprint_failing_its_schema_is_paid_once_stored_counted_and_repaired_once(
+    mlflow_store, gemini_env, tmp_path, capsys
+):
+    """The teacher answers JSON that is not a BlueprintOutput, every time. The answer is stored
+    and counted as paid; the one repair is a different request (the bad answer shown back), also
+    paid once; nothing is sent twice under one key, now or on the rerun. With no usable blueprint
+    the stage then fails loudly (failure_rate), its outputs and cache kept."""
+    not_a_blueprint = json.dumps({"logic_structure": "구조만 쓰고 문제는 빠뜨렸다"}, ensure_ascii=False)
+    cfg = live_config(tmp_path, "unusable", max_seeds=1, pairs_per_seed=1)
+    with FakeGeminiServer(answer_fn=lambda body: not_a_blueprint) as server:
+        gemini_env.setenv("GOOGLE_GEMINI_BASE_URL", server.base_url)
+        with pytest.raises(StageFailed, match="teacher 1 of 1") as failed:
+            run(cfg)
+        capsys.readouterr()
+        per_key = collections.Counter(call.key for call in server.calls)
+        assert set(per_key.values()) == {1} and len(per_key) == 1 + cfg.max_repairs
+        assert cache_rows(Path(cfg.cache_path), "gemini") == len(per_key)
+
+        with pytest.raises(StageFailed):  # the rerun pays for nothing: both answers are cached
+            run(cfg)
+        capsys.readouterr()
+        assert len(server.calls) == len(per_key)
+
+    assert failed.value.reason == "failure_rate"
+    first, _ = augment_runs("FAILED")[::-1]
+    assert first.data.tags["distill.failure_reason"] == "failure_rate"
+    metrics = first.data.metrics
+    assert metrics["llm/teacher/fetched"] == 2 and metrics["llm/teacher/unusable"] == 2
+    assert metrics["llm/teacher/repairs"] == 1 and metrics["llm/teacher/failures"] == 0
+    assert metrics["llm/teacher/input_tokens"] > 0 and metrics["llm/teacher/cost_usd"] > 0
+    [refused] = [json.loads(line) for line in (Path(cfg.output_dir) / "rejected_candidates.jsonl").open()]
+    assert refused["gate"] == "schema" and "no usable response from the teacher" in refused["reason"]
+    assert "does not match BlueprintOutput" in refused["reason"]

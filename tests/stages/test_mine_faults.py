@@ -1,8 +1,11 @@
 """The mine stage with a live Gemini teacher (google-genai against the local fake server):
 - it meets every fault the server can inject, and still finishes every item with nothing paid twice;
-- a request that keeps failing is a failure row, not a crash, and the rerun fetches it;
-- killed with SIGKILL in the middle of its teacher requests and rerun, it ends with the same
-  attempts and hard negatives as an uninterrupted run, never paying again for a success."""
+- killed with SIGKILL at a quiet moment and rerun, it ends with the same attempts and hard
+  negatives as an uninterrupted run, never paying again for a success, and marks the killed
+  run (left RUNNING in MLflow) KILLED;
+- killed with SIGKILL while answers are in flight, the rerun pays again for at most
+  `concurrency` requests: the bound the README states.
+(A run that fails loudly is in test_mine_failures.py.)"""
 
 from __future__ import annotations
 
@@ -10,10 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from distill.contracts import attempts_from_frame
-from distill.mining import decide
 from distill.stages.mine import run
-from tests.fakes import FaultPlan, kill_when_settled
+from tests.fakes import FaultPlan, kill_in_flight, kill_when_settled
 from tests.fakes.fake_gemini import FakeGeminiServer, stage_process
 from tests.mine_helpers import (
     bundled_seeds,
@@ -96,42 +97,32 @@ def test_every_item_finishes_through_every_fault_and_nothing_is_fetched_twice(
         assert again.hard_negatives == result.hard_negatives
 
 
-def test_a_request_that_keeps_failing_is_a_failure_row_and_the_rerun_fetches_it(
-    mlflow_store, gemini_env, tmp_path, capsys
-):
-    items = bundled_seeds()[:3]
-    broken = FakeGeminiServer(
-        answer_fn=scripted_teacher(items), faults=FaultPlan(rates={"503": 1.0}, max_faults_per_key=99)
-    )
-    cfg = live_teacher_config(tmp_path, "failing", max_items=3, max_retries=1, judge="off")
-    with broken:
-        gemini_env.setenv("GOOGLE_GEMINI_BASE_URL", broken.base_url)
-        failed = run(cfg)
-        printed = capsys.readouterr().out
-    teacher = failed.attempts[failed.attempts["role"] == "teacher"]
-    assert len(teacher) == 3 and teacher["choice"].isna().all()
-    assert teacher["error"].str.contains("503").all()
-    assert [d.reason for d in failed.decisions] == ["teacher failed"] * 3
-    assert failed.hard_negatives == []
-    assert failed.metrics["mine/teacher_request_failures"] == 3
-    assert "teacher 3," in printed and "rerun to retry them" in printed
-    assert failed.usage["teacher"]["failures"] == 3 and failed.usage["teacher"]["requests"] == 6
-
-    with FakeGeminiServer(answer_fn=scripted_teacher(items)) as healthy:
-        gemini_env.setenv("GOOGLE_GEMINI_BASE_URL", healthy.base_url)
-        fixed = run(cfg)
-        capsys.readouterr()
-    assert fixed.usage["teacher"]["fetched"] == 3  # failures were never cached
-    assert fixed.attempts["error"].isna().all()
-    attempts = attempts_from_frame(fixed.attempts)
-    for item in items:
-        teacher = [a for a in attempts if a.role == "teacher" and a.item_id == item.id]
-        student = [a for a in attempts if a.role == "student" and a.item_id == item.id]
-        expected = decide(item, teacher, student, cfg.pass_rate_threshold)
-        assert next(d for d in fixed.decisions if d.item_id == item.id).reason == expected.reason
-
-
 KILL_AFTER = 9
+
+
+def mlflow_client():
+    import mlflow
+
+    return mlflow.MlflowClient()
+
+
+def running_mine_runs():
+    import mlflow
+
+    return mlflow.search_runs(
+        experiment_names=["distill-mine"], filter_string="attributes.status = 'RUNNING'", output_format="list"
+    )
+
+
+def live_run_on_the_same_cache(killed) -> str:
+    """A RUNNING run on the killed run's cache whose process (this one) is alive: not to be touched."""
+    from distill import tracking
+
+    client = mlflow_client()
+    run = client.create_run(killed.info.experiment_id, run_name="still running elsewhere")
+    client.set_tag(run.info.run_id, tracking.RESUME_TAG, killed.data.tags[tracking.RESUME_TAG])
+    client.set_tag(run.info.run_id, tracking.PROCESS_TAG, tracking.process_identity())
+    return run.info.run_id
 
 
 def test_sigkill_then_rerun_gives_identical_outputs_and_pays_nothing_twice(
@@ -161,12 +152,25 @@ def test_sigkill_then_rerun_gives_identical_outputs_and_pays_nothing_twice(
         assert not (Path(cfg.output_dir) / "hard_negatives.jsonl").exists()
         assert 0 < stored_before < n_live
 
+        # MLflow never heard of the kill: the victim's run is still RUNNING
+        [killed] = running_mine_runs()
+        assert killed.data.tags["distill.process"].split("/")[1] == str(victim.pid)
+        alive = live_run_on_the_same_cache(killed)
+
         monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", server.base_url)
         resumed = run(cfg)
-        capsys.readouterr()
+        printed = capsys.readouterr().out
 
         assert server.duplicate_successes() == []
         assert len(server.successes()) == n_live
+
+    # the rerun found the killed run, marked it KILLED and said so; a run whose process lives is left alone
+    assert f"note: run {killed.info.run_id}" in printed and "marked it KILLED" in printed
+    closed = mlflow_client().get_run(killed.info.run_id)
+    assert closed.info.status == "KILLED" and closed.data.tags["distill.closed_by"] == resumed.run_id
+    assert closed.data.tags["distill.failure_reason"] == "killed"
+    assert mlflow_client().get_run(alive).info.status == "RUNNING"
+    assert alive not in printed
 
     usage = resumed.usage["teacher"]
     assert usage["cache_hits"] == stored_before
@@ -178,3 +182,34 @@ def test_sigkill_then_rerun_gives_identical_outputs_and_pays_nothing_twice(
     )
     assert comparable_attempts(out / "attempts.parquet").equals(comparable_attempts(ref / "attempts.parquet"))
     assert len(reference.hard_negatives) > 0
+
+
+def test_a_kill_with_answers_in_flight_pays_again_for_at_most_concurrency_requests(
+    mlflow_store, tmp_path, monkeypatch, capsys
+):
+    """The README's bound: a run killed while requests are in flight loses their answers (the
+    provider may still bill them), and the rerun pays again for those, at most `concurrency`
+    per backend. Counted at the server: every call that got as far as being answered."""
+    items = bundled_seeds()
+    monkeypatch.setenv("GEMINI_API_KEY", "dummy-key-for-the-fake-server")
+    monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
+    server = FakeGeminiServer(answer_fn=scripted_teacher(items), latency_s=0.3)
+    cfg = live_teacher_config(tmp_path, "in-flight", judge="off", concurrency=4)
+    with server:
+        victim = stage_process("mine", cfg, server.base_url, extra_fields=("judge",))
+        stored, in_flight = kill_in_flight(
+            victim, server, lambda: cache_rows(Path(cfg.cache_path), "gemini"), after=cfg.concurrency
+        )
+        assert in_flight >= 1 and 0 < stored < len(items)  # killed mid-batch, answers on the wire
+
+        monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", server.base_url)
+        resumed = run(cfg)
+        capsys.readouterr()
+        answered = server.answered_per_key()
+
+    paid_twice = [key for key, count in answered.items() if count > 1]
+    assert 1 <= len(paid_twice) <= cfg.concurrency
+    assert len(answered) == len(items)  # every teacher request answered, none lost
+    assert resumed.usage["teacher"]["cache_hits"] == stored
+    assert resumed.usage["teacher"]["fetched"] == len(items) - stored
+    assert resumed.attempts["error"].isna().all()

@@ -236,30 +236,51 @@ def _camel(key: str) -> str:
     return head + "".join(part.title() for part in rest)
 
 
-def test_permanent_errors_and_exhausted_retries_are_failures_not_cache_entries(tmp_path, gemini_env, caplog):
+def test_exhausted_retries_are_failures_not_cache_entries(tmp_path, gemini_env, caplog):
     requests = [Request.chat(f"질문 {i}", temperature=0.0, label=f"q{i}") for i in range(3)]
     with FakeGeminiServer() as server:
         gemini_env.setenv("GOOGLE_GEMINI_BASE_URL", server.base_url)
         backend = make_backend(
             "gemini", "gemini-2.5-flash", cache=tmp_path / "c.sqlite", max_retries=3, backoff_base_s=0.01, timeout_s=5
         )
-        bad, flaky = backend.key(requests[0]), backend.key(requests[1])
-        server.faults.per_key_attempt.update({(bad, 1): "400"})
+        flaky = backend.key(requests[1])
         server.faults.per_key_attempt.update({(flaky, a): "echo_key" for a in range(1, 5)})
         caplog.set_level(logging.DEBUG)
         responses = backend.generate(requests, progress=False)
         backend.close()
 
-    assert [r.ok for r in responses] == [False, False, True]
-    assert "HTTP 400" in responses[0].error and responses[0].attempts == 1
+    assert [r.ok for r in responses] == [True, False, True]
     assert responses[1].attempts == 4 and "q1" in responses[1].error
     assert SECRET not in responses[1].error and "<redacted>" in responses[1].error
     usage = backend.usage
-    assert (usage.failures, usage.fetched, usage.requests, usage.retries) == (2, 1, 1 + 4 + 1, 3)
-    assert bad not in backend.cache and flaky not in backend.cache and backend.key(requests[2]) in backend.cache
+    assert (usage.failures, usage.fetched, usage.requests, usage.retries) == (1, 2, 1 + 4 + 1, 3)
+    assert (usage.asked, usage.unanswered) == (3, 1)
+    assert flaky not in backend.cache and backend.key(requests[0]) in backend.cache
     assert SECRET not in caplog.text
     for path in tmp_path.iterdir():
         assert SECRET.encode() not in path.read_bytes()
+
+
+def test_a_permanent_error_stops_the_batch_at_once_and_keeps_what_was_paid(tmp_path, gemini_env):
+    """A 400 is not retried, and nothing after it is sent: the batch raises BackendStopped
+    (permanent_error); the answer that arrived before it is cached, and the rerun reuses it."""
+    from distill.llm.errors import BackendStopped
+
+    requests = [Request.chat(f"질문 {i}", temperature=0.0, label=f"q{i}") for i in range(6)]
+    with FakeGeminiServer() as server:
+        gemini_env.setenv("GOOGLE_GEMINI_BASE_URL", server.base_url)
+        backend = make_backend("gemini", "gemini-2.5-flash", cache=tmp_path / "c.sqlite", concurrency=1, max_retries=3)
+        bad = backend.key(requests[1])
+        server.faults.per_key_attempt[(bad, 1)] = "400"
+        with pytest.raises(BackendStopped, match="HTTP 400") as stopped:
+            backend.generate(requests, progress=False)
+        assert stopped.value.reason == "permanent_error"
+        assert [c.key for c in server.calls] == [backend.key(requests[0]), bad]  # nothing after it
+        assert backend.key(requests[0]) in backend.cache and bad not in backend.cache
+        with pytest.raises(BackendStopped):  # a stopped backend sends nothing more
+            backend.generate(requests[2:], progress=False)
+        assert len(server.calls) == 2
+        backend.close()
 
 
 def test_environment_is_the_librarys_own(tmp_path, monkeypatch):

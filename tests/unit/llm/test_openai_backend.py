@@ -138,7 +138,9 @@ def test_openai_backend_with_faults_passthrough_and_rerun(tmp_path, openai_env, 
 
 def test_openai_minimal_request_and_auth_failure(tmp_path, monkeypatch):
     """A request with no optional parameters sends none (a hosted API rejects unknown ones);
-    a wrong key is a permanent error: one attempt, a failure, nothing cached."""
+    a wrong key is a permanent error: one attempt, the batch stops, nothing cached."""
+    from distill.llm.errors import BackendStopped
+
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     with FakeOpenAIServer(require_key="right-key-123456") as server:
         good = make_backend(
@@ -161,9 +163,10 @@ def test_openai_minimal_request_and_auth_failure(tmp_path, monkeypatch):
             api_key="wrong-key-654321",
             backoff_base_s=0.01,
         )
-        [failed] = wrong.generate([Request.chat("다른 질문")], progress=False)
+        with pytest.raises(BackendStopped, match="HTTP 401") as stopped:
+            wrong.generate([Request.chat("다른 질문")], progress=False)
         wrong.close()
-    assert not failed.ok and "HTTP 401" in failed.error and failed.attempts == 1
-    assert "wrong-key-654321" not in failed.error
+    assert stopped.value.reason == "permanent_error"
+    assert "wrong-key-654321" not in str(stopped.value)
     assert (wrong.usage.requests, wrong.usage.failures, wrong.usage.fetched) == (1, 1, 0)
-    assert failed.key not in wrong.cache
+    assert len(wrong.cache) == 1  # only the good answer
