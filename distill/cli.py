@@ -9,6 +9,11 @@ field names; unknown keys are an error that names them), then the command line. 
 `mlflow run` every MLproject parameter is on the command line, so there (`--from-mlproject`) a
 value equal to its default does not override the config file. `main_guard` turns a DistillError
 into one line on stderr and exit code 2 instead of a traceback.
+
+Unset values have names. A field whose default is None (or an empty list) says in its metadata
+what unset means (`unset_field`: "all", "bundled", "auto", "none"); that word is its default in
+MLproject, `--help` and the README, the command line and a config file accept it (and an empty
+value, and none/null) as unset, and its MLflow param shows it (`distill.tracking.config_params`).
 """
 
 from __future__ import annotations
@@ -27,9 +32,25 @@ from distill.errors import ConfigError, DistillError
 C = TypeVar("C")
 
 NONE_WORDS = frozenset({"", "none", "null"})
-"""Text that means "unset" for an optional field (MLproject passes an empty value as '')."""
+"""Text that means "unset" for an optional field (MLproject passes an empty value as ''), besides
+the field's own unset word."""
+UNSET = "unset"
+"""Field metadata: the word that names the field's unset value (`unset_field`)."""
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS = frozenset({"0", "false", "no", "off"})
+
+
+def unset_field(word: str, help: str, default: Any = None, **metadata: Any) -> Any:
+    """A dataclass field whose unset value (`default`, None or an empty list) is called `word`
+    everywhere a user sees it: params, MLproject, --help, the README."""
+    extra = {"help": help, UNSET: word, **metadata}
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=list, metadata=extra)
+    return dataclasses.field(default=default, metadata=extra)
+
+
+def unset_word(field: dataclasses.Field) -> str | None:
+    return field.metadata.get(UNSET)
 
 
 def blank_to_none(value: Any) -> Any:
@@ -62,13 +83,19 @@ def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
     return (args[0] if optional else tp), optional
 
 
-def converter(tp: Any) -> Callable[[str], Any]:
-    """A function from command-line text to a value of type `tp` (Optional, bool, int, float, list, str)."""
+def converter(tp: Any, unset: str | None = None) -> Callable[[str], Any]:
+    """A function from command-line text to a value of type `tp` (Optional, bool, int, float, list, str).
+
+    `unset`: the field's word for its unset value; it (like an empty value, none or null) gives
+    None for an optional field and [] for a list."""
     base, optional = _unwrap_optional(tp)
+    unset_words = NONE_WORDS | ({unset.lower()} if unset else set())
 
     def convert(text: str) -> Any:
-        if optional and text.strip().lower() in NONE_WORDS:
+        if optional and text.strip().lower() in unset_words:
             return None
+        if typing.get_origin(base) in (list, tuple) and text.strip().lower() in unset_words:
+            return []
         if base is bool:
             low = text.strip().lower()
             if low in TRUE_WORDS:
@@ -92,6 +119,12 @@ def cli_fields(cls: type) -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(cls) if f.init and f.metadata.get("cli") is not False]
 
 
+def field_converter(cls: type, name: str) -> Callable[[str], Any]:
+    """`converter` for field `name` of `cls`, with the field's unset word."""
+    found = {f.name: f for f in dataclasses.fields(cls)}.get(name)
+    return converter(field_type(cls, name), unset_word(found) if found is not None else None)
+
+
 def field_default(field: dataclasses.Field) -> Any:
     if field.default is not dataclasses.MISSING:
         return field.default
@@ -100,15 +133,26 @@ def field_default(field: dataclasses.Field) -> Any:
     return None
 
 
-def default_text(value: Any) -> str:
-    """A default as it is written on a command line and in MLproject ('' for unset)."""
-    if value is None:
-        return ""
+def default_text(value: Any, unset: str | None = None) -> str:
+    """A default as it is written on a command line and in MLproject: an unset one (None, an
+    empty list) as the field's `unset` word (else "none", which every optional field reads as
+    unset), numbers as params show them. Never '': `mlflow run` would log that as a param."""
+    if value is None or (isinstance(value, (list, tuple)) and not value):
+        return unset or "none"
+    if isinstance(value, float):
+        from distill.tracking import param_text
+
+        return param_text(value)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (list, tuple)):
         return ",".join(map(str, value))
     return str(value)
+
+
+def field_default_text(field: dataclasses.Field) -> str:
+    """`default_text` of a field's default, with its unset word."""
+    return default_text(field_default(field), unset_word(field))
 
 
 def build_parser(cls: type, description: str | None = None, prog: str | None = None) -> argparse.ArgumentParser:
@@ -122,16 +166,15 @@ def build_parser(cls: type, description: str | None = None, prog: str | None = N
         "--config",
         dest="__config",
         metavar="FILE",
-        help="A YAML run config (field: value); command-line values override it.",
+        help="A YAML run config (field: value); command-line values override it. 'none': no file.",
     )
     parser.add_argument("--from-mlproject", dest="__from_mlproject", action="store_true", help=argparse.SUPPRESS)
     for field in cli_fields(cls):
-        default = field_default(field)
         parser.add_argument(
             f"--{field.name}",
             dest=field.name,
-            type=converter(field_type(cls, field.name)),
-            help=f"{field.metadata.get('help', '')} (default: {default!r})",
+            type=converter(field_type(cls, field.name), unset_word(field)),
+            help=f"{field.metadata.get('help', '')} (default: {field_default_text(field) or 'unset'})",
         )
     return parser
 
@@ -144,7 +187,7 @@ def _coerce(cls: type, name: str, value: Any, source: str) -> Any:
         return None
     try:
         if isinstance(value, str):
-            return converter(tp)(value)
+            return field_converter(cls, name)(value)
         if base is bool:
             return switch(value, name)
         if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -195,6 +238,8 @@ def parse_config(
     """A config of type `cls` from defaults, an optional `--config` file and the command line."""
     parsed = vars(build_parser(cls, description, prog).parse_args(argv))
     config_path = parsed.pop("__config", None)
+    if config_path is not None and str(config_path).strip().lower() in NONE_WORDS:
+        config_path = None  # MLproject's `config` parameter left at its default
     from_mlproject = parsed.pop("__from_mlproject", False)
     values: dict[str, Any] = {}
     if config_path:
@@ -202,7 +247,7 @@ def parse_config(
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for name, value in parsed.items():
         if from_mlproject and config_path and name in values:
-            default = converter(field_type(cls, name))(default_text(field_default(fields[name])))
+            default = field_converter(cls, name)(field_default_text(fields[name]))
             if value == default:
                 continue  # MLproject passed its default; the config file's value stands
         values[name] = value

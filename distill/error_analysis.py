@@ -16,8 +16,8 @@ Pure functions (data in, data out):
 - `analyse(base_df, new_df=None)`: all of the above for one model or a pair; `error_metrics`
   and `summary_text` read it.
 Side effects at the edge:
-- `log_error_analysis(base_df, new_df=None)`: tables and one HTML page of plotly charts on the
-  active MLflow run, through distill.tracking. The `analyze` stage (distill.stages.analyze)
+- `log_error_analysis(base_df, new_df=None)`: tables on the active MLflow run, through
+  distill.tracking, and plotly charts on the run's chart page (`distill.charts.log_figure`). The `analyze` stage (distill.stages.analyze)
   finds the predictions of logged runs and calls it.
 """
 
@@ -391,17 +391,18 @@ def log_error_analysis(
 
     Logs, under `artifact_dir`: confusion.json (long: model, subject, gold, pred, count),
     position_bias.json, and with `new_df` fixed.json, broken.json, changes_by_subject.json
-    (all MLflow tables), fixed.parquet and broken.parquet (full reasoning texts), and
-    error_analysis.html (confusion heatmaps with a subject dropdown, position bars, fixed/broken
-    bars; plotly.js embedded once). Metrics as in `error_metrics`.
+    (all MLflow tables), fixed.parquet and broken.parquet (full reasoning texts). The charts
+    (confusion heatmaps with a subject dropdown, position bars, fixed/broken bars) go on the run's
+    chart page, sections `<artifact_dir>/confusion`, `/position_bias`, `/changes`: one copy of
+    plotly.js for the run, whatever else it charts. Metrics as in `error_metrics`.
     """
     import tempfile
 
     import pandas as pd
 
     from distill import tracking
-    from distill.charts import html_page
-    from distill.io import atomic_path, write_text_atomic
+    from distill.charts import log_figure
+    from distill.io import atomic_path
 
     if tracking.active_run_id() is None:
         raise ConfigError("log_error_analysis needs an active MLflow run (it would otherwise start a new one)")
@@ -418,7 +419,11 @@ def log_error_analysis(
     tracking.log_table(confusion, artifact_file=f"{artifact_dir}/confusion.json")
     tracking.log_table(position, artifact_file=f"{artifact_dir}/position_bias.json")
 
-    figures = [confusion_figure(analysis.models), position_figure(analysis.models)]
+    title = " vs ".join(m.label for m in analysis.models)
+    figures = [
+        (confusion_figure(analysis.models), "confusion", f"errors: confusion per subject, {title}"),
+        (position_figure(analysis.models), "position_bias", f"errors: answer-position bias, {title}"),
+    ]
     folder = Path(local_dir) if local_dir is not None else Path(tempfile.mkdtemp(prefix="distill-errors-"))
     files = []
     if analysis.changes is not None:
@@ -426,16 +431,21 @@ def log_error_analysis(
         tracking.log_table(changes.fixed, artifact_file=f"{artifact_dir}/fixed.json")
         tracking.log_table(changes.broken, artifact_file=f"{artifact_dir}/broken.json")
         tracking.log_table(changes.by_subject, artifact_file=f"{artifact_dir}/changes_by_subject.json")
-        figures.append(changes_figure(changes, base_label=base_label, new_label=new_label))
+        figures.append(
+            (
+                changes_figure(changes, base_label=base_label, new_label=new_label),
+                "changes",
+                f"errors: items fixed and broken, {title}",
+            )
+        )
         for name, frame in (("fixed.parquet", changes.fixed), ("broken.parquet", changes.broken)):
             with atomic_path(folder / name) as tmp:
                 frame.to_parquet(tmp, index=False)
             files.append(folder / name)
-    title = " vs ".join(m.label for m in analysis.models)
-    write_text_atomic(folder / "error_analysis.html", html_page(figures, title=f"distill error analysis: {title}"))
-    files.append(folder / "error_analysis.html")
     for path in files:
         tracking.log_artifact(path, artifact_dir)
+    for figure, name, section_title in figures:
+        log_figure(figure, f"{artifact_dir}/{name}", title=f"{section_title} ({artifact_dir}/)")
     return analysis
 
 

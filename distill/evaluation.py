@@ -8,10 +8,15 @@ Pure parts (the `evaluate`, `train` and `register` stages and the reports call t
   (`check_same_items` says what differs when they are not);
 - `summary_text(result, comparison)`: the one-screen per-subject table.
 Side effects, each on the active MLflow run through `distill.tracking`:
-- `log_eval_result(result, ...)`: metrics, tags, predictions table (log_table and parquet),
-  per-subject HTML chart, summary;
-- `log_comparison(comparison, base_df, new_df, ...)`: `compare/*` metrics, tags, chart, item diff;
-- `log_items_dataset(items, ...)`: the scored items as a dataset input;
+- `log_eval_result(result, ...)`: the headline metrics (`headline_metrics`: overall figures
+  only), tags, predictions table (log_table and parquet), per-subject chart (on the run's chart
+  page, `distill.charts.log_figure`), summary;
+- `log_comparison(comparison, base_df, new_df, ...)`: headline `compare/*` metrics, tags, chart,
+  item diff;
+- `log_subject_table(result, ...)`: per-subject results as ONE MLflow table (`subjects.json`:
+  subject × n, accuracy, macro-F1 and, with a comparison, the base's figures, Δ, CI, p), instead
+  of a metric per subject and figure (a 45-subject set would otherwise log hundreds);
+- `log_items_dataset(items, ...)`: the scored items as a dataset input (context `eval`);
 - `load_run_predictions(run_id)`: the predictions an earlier run logged, read back through the
   contract (`normalise_predictions`).
 The base model's evaluation, cached across runs, is `distill.eval_cache`.
@@ -22,7 +27,6 @@ from __future__ import annotations
 import json
 import tempfile
 import unicodedata
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +38,10 @@ from distill.errors import ConfigError, InputError
 PREDICTIONS_ARTIFACT_DIR = "evaluation"
 PREDICTIONS_FILE = "predictions.parquet"
 COMPARISON_ARTIFACT_DIR = "comparison"
+SUBJECTS_TABLE = "subjects.json"
+"""The run's per-subject table (an MLflow table artifact at the root of its artifacts)."""
+COMPARE_HEADLINE = ("delta_accuracy", "mcnemar_p", "delta_ci_low", "delta_ci_high", "n_fixed", "n_broken")
+"""The `compare/*` figures logged as metrics (`compare/n` is `eval/n`; per subject: the table)."""
 
 
 @dataclass
@@ -50,6 +58,11 @@ class EvalResult:
     @property
     def subjects(self) -> list[str]:
         return sorted(set(self.predictions["subject"]))
+
+    @property
+    def headline(self) -> dict[str, float]:
+        """The overall `eval/*` figures, the ones logged as metrics (`headline_metrics`)."""
+        return headline_metrics(self.metrics, scoring=self.tags.get("eval.scoring", "logits"))
 
     def subject_rows(self) -> list[dict[str, Any]]:
         from distill.metrics import subject_table
@@ -71,6 +84,47 @@ def result_from_predictions(predictions, *, scoring: str = "logits", parse_failu
     metrics = compute_metrics(gold, pred, subjects, parse_failures=parse_failures)
     tags = metric_tags(scoring=scoring, subjects=subjects)
     return EvalResult(predictions=predictions, metrics=metrics, tags=tags)
+
+
+def headline_metrics(metrics: dict[str, float], *, scoring: str = "logits") -> dict[str, float]:
+    """The figures of a metrics dict that are logged as MLflow metrics: overall ones only (a
+    per-subject name has a third segment: those go to the subjects table), `compare/*` as in
+    COMPARE_HEADLINE, and the parse-failure rate only where answers are parsed (generate)."""
+    out = {}
+    for key, value in metrics.items():
+        prefix, _, name = key.partition("/")
+        if "/" in name:
+            continue
+        if prefix == "compare" and name not in COMPARE_HEADLINE:
+            continue
+        if name == "parse_failure_rate" and scoring != "generate":
+            continue
+        out[key] = value
+    return out
+
+
+def subject_frame(result: EvalResult, comparison: dict[str, float] | None = None, base: EvalResult | None = None):
+    """Per-subject results as one frame: subject, n, accuracy, macro_f1 and, with a comparison,
+    base_accuracy, base_macro_f1, delta_accuracy, delta_ci_low, delta_ci_high, mcnemar_p,
+    n_fixed, n_broken (new minus base, as in `compare_predictions`)."""
+    import pandas as pd
+
+    from distill.metrics import subject_keys
+
+    keys = subject_keys(result.subjects)
+    base_keys = subject_keys(base.subjects) if base is not None else {}
+    rows = []
+    for row in result.subject_rows():
+        key = keys[row["subject"]]
+        if base is not None and row["subject"] in base_keys:
+            base_key = base_keys[row["subject"]]
+            row["base_accuracy"] = base.metrics.get(f"eval/accuracy/{base_key}", float("nan"))
+            row["base_macro_f1"] = base.metrics.get(f"eval/macro_f1/{base_key}", float("nan"))
+        if comparison:
+            for name in COMPARE_HEADLINE:
+                row[name] = comparison.get(f"compare/{name}/{key}", float("nan"))
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def require_gold(items: Sequence[MCQItem]) -> None:
@@ -168,10 +222,11 @@ def compare_predictions(base_df, new_df, *, n_boot: int = 2000, seed: int = 0) -
 
 
 def dataset_digest(items: Sequence[MCQItem]) -> str:
-    """`items_digest` cut to 16 hex digits: MLflow caps a dataset digest at 36 characters."""
-    from distill.data.loaders import items_digest
+    """The items' dataset digest: `tracking.rows_digest` of `MCQItem.to_dict()` rows, the same
+    in every run that logs these items (train, evaluate, register, and mine for its seeds)."""
+    from distill import tracking
 
-    return items_digest(items)[:16]
+    return tracking.rows_digest(item.to_dict() for item in items)
 
 
 def items_frame(items: Sequence[MCQItem]):
@@ -195,23 +250,19 @@ def items_frame(items: Sequence[MCQItem]):
     )
 
 
-def log_items_dataset(items: Sequence[MCQItem], *, source: str | Path, name: str, context: str) -> None:
-    """The scored items as a dataset input of the active run (digest: `dataset_digest`)."""
+def log_items_dataset(items: Sequence[MCQItem], *, source: str | Path, name: str, context: str = "eval"):
+    """MCQ items as a dataset input of the active run (digest: `dataset_digest`); the MLflow
+    dataset, to link metrics to it. `context`: eval for a test split, seeds for mine's items."""
     from distill import tracking
 
-    with warnings.catch_warnings():
-        # MLflow registers its local-file source twice and says so on every call; and the
-        # integer-schema hint concerns model signatures, not a logged dataset.
-        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
-        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
-        tracking.log_dataset(
-            items_frame(items),
-            name=name,
-            source=str(Path(str(source)).resolve()),
-            context=context,
-            digest=dataset_digest(items),
-            targets="answer",
-        )
+    return tracking.log_dataset(
+        items_frame(items),
+        name=name,
+        source=str(source),
+        context=context,
+        digest=dataset_digest(items),
+        targets="answer",
+    )
 
 
 def _renamed(mapping: dict[str, Any], prefix: str, separator: str) -> dict[str, Any]:
@@ -311,26 +362,16 @@ def _pad(text: str, width: int, *, left: bool) -> str:
 
 
 def _write_eval_files(result: EvalResult, folder: Path, *, prefix: str) -> dict[str, Path]:
-    from distill.charts import figure_html, subject_bar_chart
     from distill.io import atomic_path, write_text_atomic
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = {
         "predictions": folder / PREDICTIONS_FILE,
-        "chart": folder / "subject_metrics.html",
         "summary": folder / "summary.txt",
         "metrics": folder / "metrics.json",
     }
     with atomic_path(paths["predictions"]) as tmp:
         result.predictions.to_parquet(tmp, index=False)
-    m = result.metrics
-    overall = {"n": m["eval/n"], "accuracy": m["eval/accuracy"], "macro_f1": m["eval/macro_f1"]}
-    write_text_atomic(
-        paths["chart"],
-        figure_html(
-            subject_bar_chart(result.subject_rows(), overall, title=f"{prefix}: accuracy and macro-F1 per subject")
-        ),
-    )
     write_text_atomic(paths["summary"], summary_text(result) + "\n")
     write_text_atomic(
         paths["metrics"],
@@ -355,17 +396,24 @@ def log_eval_result(
     prefix: str = "eval",
     artifact_dir: str = PREDICTIONS_ARTIFACT_DIR,
     local_dir: str | Path | None = None,
+    model_id: str | None = None,
+    dataset: Any = None,
 ) -> dict[str, Path]:
     """Log one evaluation to the active MLflow run; return the local files written.
 
-    Metrics go in as `<prefix>/...` (default `eval/...`), tags as `<prefix>.<name>.average`;
+    The headline metrics (`EvalResult.headline`) go in as `<prefix>/...` (default `eval/...`),
+    linked to the logged model `model_id` and the items' `dataset` when given; per-subject
+    figures are the run's subjects table (`log_subject_table`), metrics.json and the chart.
+    Tags as `<prefix>.<name>.average`;
     under `artifact_dir`: predictions.json (an MLflow table), predictions.parquet,
-    subject_metrics.html, summary.txt, metrics.json. Files are written to `local_dir` (atomic) or
-    to a temporary folder.
+    summary.txt, metrics.json. Files are written to `local_dir` (atomic) or to a temporary folder.
+    The per-subject chart goes on the run's chart page (`distill.charts.log_figure`, section
+    `<artifact_dir>/subject_metrics`), which carries plotly.js once for all the run's charts.
     """
     from distill import tracking
+    from distill.charts import log_figure, subject_bar_chart
 
-    tracking.log_metrics(_renamed(result.metrics, prefix, "/"))
+    tracking.log_metrics(_renamed(result.headline, prefix, "/"), model_id=model_id, dataset=dataset)
     tracking.set_tags(_renamed(result.tags, prefix, "."))
     tracking.log_table(result.predictions, artifact_file=f"{artifact_dir}/predictions.json")
 
@@ -375,7 +423,28 @@ def log_eval_result(
             tracking.log_artifact(path, artifact_dir)
         return paths
 
+    m = result.metrics
+    overall = {"n": m["eval/n"], "accuracy": m["eval/accuracy"], "macro_f1": m["eval/macro_f1"]}
+    chart_title = f"{prefix}: accuracy and macro-F1 per subject"
+    log_figure(
+        subject_bar_chart(result.subject_rows(), overall, title=chart_title),
+        f"{artifact_dir}/subject_metrics",
+        title=f"{chart_title} ({artifact_dir}/)",
+    )
     return _write_in(local_dir, write_and_log)
+
+
+def log_subject_table(
+    result: EvalResult,
+    comparison: dict[str, float] | None = None,
+    *,
+    base: EvalResult | None = None,
+    artifact_file: str = SUBJECTS_TABLE,
+) -> None:
+    """The per-subject results (`subject_frame`) as the run's one MLflow table."""
+    from distill import tracking
+
+    tracking.log_table(subject_frame(result, comparison, base), artifact_file=artifact_file)
 
 
 def read_predictions(path: str | Path, *, source: str | None = None):
@@ -416,13 +485,17 @@ def log_comparison(
     seed: int | None = None,
     artifact_dir: str = COMPARISON_ARTIFACT_DIR,
     local_dir: str | Path | None = None,
+    model_id: str | None = None,
+    dataset: Any = None,
 ) -> dict[str, Path]:
-    """Log `compare/*` metrics, tags, the side-by-side chart and the per-item diff to the active run."""
+    """Log the headline `compare/*` metrics (linked to `model_id` and `dataset` when given), tags,
+    the side-by-side chart (on the run's chart page, section `<artifact_dir>/comparison`) and the
+    per-item diff to the active run; every figure, per subject too, in comparison.json."""
     from distill import tracking
-    from distill.charts import comparison_bar_chart, figure_html
+    from distill.charts import comparison_bar_chart, log_figure
     from distill.io import atomic_path, write_text_atomic
 
-    tracking.log_metrics(comparison)
+    tracking.log_metrics(headline_metrics(comparison), model_id=model_id, dataset=dataset)
     tags = {
         "compare.delta_accuracy.definition": "accuracy(new) - accuracy(base), micro over the shared items",
         "compare.delta_ci.method": f"paired bootstrap over items, percentile 95% CI (n_boot={n_boot}, seed={seed})",
@@ -433,9 +506,9 @@ def log_comparison(
     if baseline_run:
         tags["compare.baseline_run"] = baseline_run
     tracking.set_tags(tags)
-
     base_result = result_from_predictions(aligned_base(base_df, new_df))
     new_result = result_from_predictions(new_df)
+
     diff = item_changes(base_df, new_df)
     tracking.log_table(diff, artifact_file=f"{artifact_dir}/item_changes.json")
 
@@ -456,13 +529,13 @@ def log_comparison(
         title=f"{base_label} vs {new_label}: Δ accuracy {comparison['compare/delta_accuracy']:+.3f}, McNemar p={comparison['compare/mcnemar_p']:.3g}",
     )
 
+    log_figure(fig, f"{artifact_dir}/comparison", title=f"{base_label} vs {new_label} per subject ({artifact_dir}/)")
+
     def write_and_log(folder: Path) -> dict[str, Path]:
         paths = {
-            "chart": folder / "comparison.html",
             "item_changes": folder / "item_changes.parquet",
             "comparison": folder / "comparison.json",
         }
-        write_text_atomic(paths["chart"], figure_html(fig))
         with atomic_path(paths["item_changes"]) as tmp:
             diff.to_parquet(tmp, index=False)
         write_text_atomic(
@@ -486,15 +559,26 @@ def log_adapter_vs_base(
     n_boot: int,
     seed: int,
     out_dir: str | Path,
+    model_id: str | None = None,
+    dataset: Any = None,
 ) -> None:
     """An adapter scored against its base on one test split, as train and register both log it:
-    `eval/*` and `base/*` (files under `out_dir` too), the `compare/*` comparison, and the base
-    cache tags that show whether the base was scored now or read back."""
+    `eval/*` (files under `out_dir` too), the `compare/*` comparison, the subjects table (adapter,
+    base, Δ, CI, p per subject), and the base cache tags that show whether the base was scored
+    now or read back. The base's own figures are not repeated here: they are the base run's
+    (`distill.eval_cache.base_run`), which the caller links to. Metrics are linked to the logged
+    model `model_id` and the test split's `dataset` when given."""
     from distill import tracking
 
     out_dir = Path(out_dir)
-    log_eval_result(adapter, prefix="eval", artifact_dir="evaluation", local_dir=out_dir / "evaluation")
-    log_eval_result(base, prefix="base", artifact_dir="evaluation_base", local_dir=out_dir / "evaluation_base")
+    log_eval_result(
+        adapter,
+        prefix="eval",
+        artifact_dir="evaluation",
+        local_dir=out_dir / "evaluation",
+        model_id=model_id,
+        dataset=dataset,
+    )
     tracking.set_tags({"base.cache": "hit" if base_cached else "miss", "base.cache_file": str(base_cache_file)})
     log_comparison(
         comparison,
@@ -505,6 +589,11 @@ def log_adapter_vs_base(
         n_boot=n_boot,
         seed=seed,
         local_dir=out_dir / "comparison",
+        model_id=model_id,
+        dataset=dataset,
+    )
+    log_subject_table(
+        adapter, comparison, base=result_from_predictions(aligned_base(base.predictions, adapter.predictions))
     )
 
 

@@ -23,7 +23,7 @@ import json
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from distill.contracts import Attempt, HardNegative, MCQItem
 
@@ -321,6 +321,34 @@ def mine_metrics(
         sum(1 for d in selected if (d.golden_from or "").startswith("student"))
     )
     return metrics
+
+
+MINE_HEADLINE = (
+    "mine/items",
+    "mine/teacher_accuracy",
+    "mine/student_accuracy",
+    "mine/hard_negatives",
+    "mine/selection_rate",
+    "mine/judged",
+    "mine/wall_s",
+)
+"""The `mine/*` figures a run shows as metrics; per subject they are the `subject_rows` table."""
+
+
+def subject_rows(items: Sequence[MCQItem], metrics: Mapping[str, float]) -> list[dict[str, Any]]:
+    """Per subject: items, teacher and student accuracy, hard negatives (from `mine_metrics`)."""
+    from distill.metrics import subject_keys
+
+    return [
+        {
+            "subject": subject,
+            "items": int(metrics[f"mine/items/{key}"]),
+            "teacher_accuracy": metrics[f"mine/teacher_accuracy/{key}"],
+            "student_accuracy": metrics[f"mine/student_accuracy/{key}"],
+            "hard_negatives": int(metrics[f"mine/hard_negatives/{key}"]),
+        }
+        for subject, key in subject_keys(item.subject for item in items).items()
+    ]
 
 
 def _display_width(text: str) -> int:

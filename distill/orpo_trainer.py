@@ -132,8 +132,10 @@ class NonFiniteLossCallback(TrainerCallback):
 class MlflowStepCallback(TrainerCallback):
     """Log the trainer's metrics to the active MLflow run, under `train/`, at the global step."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep: tuple[str, ...] | None = None) -> None:
         self.history: list[dict[str, float]] = []
+        self.keep = keep
+        """Names (without `train/`) sent to MLflow; None: all. The history keeps every one."""
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         # Only a stage's `run` opens an MLflow run (and imports mlflow); library use of
@@ -148,7 +150,9 @@ class MlflowStepCallback(TrainerCallback):
         if metrics:
             self.history.append({"step": state.global_step, **metrics})
             if mlflow is not None and mlflow.active_run() is not None:
-                mlflow.log_metrics(metrics, step=state.global_step)
+                shown = {k: v for k, v in metrics.items() if self.keep is None or k[len("train/") :] in self.keep}
+                if shown:
+                    mlflow.log_metrics(shown, step=state.global_step)
 
 
 class QuietProgressCallback(ProgressCallback):

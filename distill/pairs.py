@@ -52,6 +52,14 @@ class PairSet:
     """The local file or folder actually read (after any download)."""
     source: str
     """What the user gave (path or URI), for lineage."""
+    digest: str = ""
+    """`tracking.rows_digest` of the rows as read (the JSON objects, in order): the digest the
+    run that wrote them recorded (`tracking.record_output`), so producer and consumer agree."""
+
+    @property
+    def lineage_source(self) -> str:
+        """Where the pairs can be found again: the MLflow URI given, else the file read."""
+        return self.source if is_mlflow_uri(self.source) else str(self.path)
 
 
 # ---------------------------------------------------------------- answer lines
@@ -144,8 +152,11 @@ def load_pairs(source: str | Path, download_dir: str | Path | None = None) -> Pa
             local = Path(tracking.download_artifacts(artifact_uri=text, dst_path=str(target)))
         except Exception as exc:  # mlflow raises several types for a missing run or path
             raise ConfigError(f"pairs: cannot download {text}: {exc}") from None
+    from distill.tracking import rows_digest
+
     read_path, rows = _rows_from_local(local)
-    return PairSet(pairs=validate_pairs(read_path, rows), path=read_path, source=text)
+    pairs = validate_pairs(read_path, rows)
+    return PairSet(pairs=pairs, path=read_path, source=text, digest=rows_digest(row for _, row in rows))
 
 
 # ---------------------------------------------------------------- selection

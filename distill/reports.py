@@ -7,7 +7,10 @@ Given the base and the trained model's predictions on the same items:
   trained correct, Δ, accuracy before → after, F1 before → after) plus the overall paired test
   (exact McNemar on the discordant items, paired-bootstrap 95% CI of the accuracy difference);
 - `comparison_figure(...)`: plotly, base vs trained per subject, accuracy and macro-F1 panels;
-- `log_report(...)`: both files under the artifact folder `report/` of the active MLflow run.
+- `write_report(...)`: report.md, subjects.csv and (unless `chart=False`) subjects.html in a folder;
+- `log_report(...)`: report.md and subjects.csv under the artifact folder `report/` of the active
+  MLflow run, the figure on the run's chart page (`distill.charts.log_figure`, section
+  `report/subjects`: one copy of plotly.js per run).
 
 Subjects come from the trained side's table (`new_df`), so both columns count the same items.
 """
@@ -20,6 +23,9 @@ from typing import Any
 
 REPORT_ARTIFACT_DIR = "report"
 OVERALL = "overall"
+BASE_LABEL = "base"
+NEW_LABEL = "trained"
+TITLE = "Base vs trained, per subject"
 
 
 def subject_rows(base_df, new_df) -> list[dict[str, Any]]:
@@ -159,13 +165,15 @@ def write_report(
     new_df,
     comparison: Mapping[str, float],
     *,
-    base_label: str = "base",
-    new_label: str = "trained",
-    title: str = "Base vs trained, per subject",
+    base_label: str = BASE_LABEL,
+    new_label: str = NEW_LABEL,
+    title: str = TITLE,
     alpha: float | None = None,
     notes: Sequence[str] = (),
+    chart: bool = True,
 ) -> dict[str, Path]:
-    """report.md, subjects.html and subjects.csv in `folder` (atomic); return their paths."""
+    """report.md, subjects.csv and, with `chart`, subjects.html (plotly.js embedded) in `folder`
+    (atomic); return their paths."""
     import pandas as pd
 
     from distill.charts import figure_html
@@ -174,21 +182,25 @@ def write_report(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     rows = subject_rows(base_df, new_df)
-    paths = {"markdown": folder / "report.md", "chart": folder / "subjects.html", "table": folder / "subjects.csv"}
+    paths = {"markdown": folder / "report.md", "table": folder / "subjects.csv"}
     write_text_atomic(
         paths["markdown"],
         markdown_report(
             rows, comparison, base_label=base_label, new_label=new_label, title=title, alpha=alpha, notes=notes
         ),
     )
-    figure_title = f"{title}: Δ accuracy {100 * comparison['compare/delta_accuracy']:+.1f} points, McNemar p={comparison['compare/mcnemar_p']:.3g}"
-    write_text_atomic(
-        paths["chart"],
-        figure_html(comparison_figure(rows, base_label=base_label, new_label=new_label, title=figure_title)),
-    )
+    if chart:
+        paths["chart"] = folder / "subjects.html"
+        write_text_atomic(paths["chart"], figure_html(report_figure(rows, comparison, base_label, new_label, title)))
     with atomic_path(paths["table"]) as tmp:
         pd.DataFrame(rows).to_csv(tmp, index=False)
     return paths
+
+
+def report_figure(rows, comparison: Mapping[str, float], base_label: str, new_label: str, title: str):
+    """`comparison_figure` titled with the overall Δ accuracy and McNemar p."""
+    figure_title = f"{title}: Δ accuracy {100 * comparison['compare/delta_accuracy']:+.1f} points, McNemar p={comparison['compare/mcnemar_p']:.3g}"
+    return comparison_figure(rows, base_label=base_label, new_label=new_label, title=figure_title)
 
 
 def log_report(
@@ -198,12 +210,20 @@ def log_report(
     comparison: Mapping[str, float],
     *,
     artifact_dir: str = REPORT_ARTIFACT_DIR,
+    base_label: str = BASE_LABEL,
+    new_label: str = NEW_LABEL,
+    title: str = TITLE,
     **kwargs: Any,
 ) -> dict[str, Path]:
-    """`write_report`, then log the files under `artifact_dir` of the active MLflow run."""
+    """`write_report` without its chart, the files logged under `artifact_dir` of the active MLflow
+    run; the figure goes on the run's chart page (section `<artifact_dir>/subjects`)."""
     from distill import tracking
+    from distill.charts import log_figure
 
-    paths = write_report(folder, base_df, new_df, comparison, **kwargs)
+    labels = {"base_label": base_label, "new_label": new_label, "title": title}
+    paths = write_report(folder, base_df, new_df, comparison, chart=False, **labels, **kwargs)
     for path in paths.values():
         tracking.log_artifact(path, artifact_dir)
+    figure = report_figure(subject_rows(base_df, new_df), comparison, base_label, new_label, title)
+    log_figure(figure, f"{artifact_dir}/subjects", title=f"{title} ({artifact_dir}/)")
     return paths

@@ -5,11 +5,14 @@
   made becomes the parent of a new study, or only points to the parent of an existing one.
 - Each trial's child run is tagged with the study, the trial number, the parent and the worker
   (TAG_*); its id is stored on the trial (user attr RUN_ATTR). `record_child` gives it its final
-  state: FINISHED (complete), KILLED (pruned) or FAILED (fail, with the traceback as
-  `error.txt`), tagged TAG_STATE with Optuna's state. A trial that failed before training
-  opened a run gets one here, so every trial has exactly one child run.
-- At the end the parent gets the best value, parameters and trial, counts per state, Optuna's
-  plots (plotly HTML) and the trials table.
+  state: FINISHED (complete), KILLED (pruned) or FAILED (fail: a short reason as tags, the
+  traceback as `error.txt`), tagged TAG_STATE with Optuna's state. A trial that failed before
+  training opened a run gets one here (named `trial N` and its parameters), so every trial has
+  exactly one child run.
+- At the end the parent gets the best value, the best trial's parameters (tags `best.<name>`,
+  4 significant digits) and dev metrics (`dev/*`, copied from its run), counts per state,
+  Optuna's plots (plotly HTML; a plot that could not be drawn is a short tag, the error in
+  `optuna/figure_notes.json`) and the trials table.
 
 Every MLflow call goes through `distill.tracking`.
 """
@@ -99,8 +102,10 @@ def point_to_parent(run_id: str, parent_id: str, study_name: str) -> None:
     """Under `mlflow run` on a study that already has a parent: the run `mlflow run` made only points there."""
     client = tracking.client()
     client.set_tag(run_id, TAG_PARENT, parent_id)
-    client.set_tag(
-        run_id, "mlflow.note.content", f"Joined sweep {study_name!r}; its trials are under run {parent_id}."
+    tracking.describe_run(
+        f"Joined sweep {study_name!r}: its trials are under its parent run.",
+        {"sweep": tracking.run_link(parent_id)},
+        run_id=run_id,
     )
     client.set_terminated(run_id, "FINISHED")
 
@@ -121,25 +126,39 @@ def record_child(
     parent_id: str,
     tags: dict[str, str],
     suggested: dict[str, Any],
+    failure_tags: dict[str, str] | None = None,
 ) -> str:
-    """Final state, name and error of the trial's child run (created here when the trial failed
-    before training opened one, so every trial has exactly one child run); its id."""
+    """Final state and outcome of the trial's child run (created here, named `trial N` and its
+    parameters, when the trial failed before training opened one, so every trial has exactly
+    one child run); its id. `message` is a short tag (a pruning note or a failure's reason,
+    never a raw exception text); `error_text` (the traceback) goes to `error.txt`."""
     client = tracking.client()
     run_id = trial.user_attrs.get(RUN_ATTR) or find_child_run(study.study_name, trial.number, parent_id)
     if run_id is None:
         parent = client.get_run(parent_id)
+        shown = " ".join(f"{k}={tracking.short_number(v)}" for k, v in suggested.items())
         run = client.create_run(
-            parent.info.experiment_id, tags={**tags, "mlflow.parentRunId": parent_id}, run_name=f"trial {trial.number}"
+            parent.info.experiment_id,
+            tags={**tags, "mlflow.parentRunId": parent_id},
+            run_name=f"trial {trial.number} {shown}".strip(),
         )
         run_id = run.info.run_id
         for name, value in suggested.items():
-            client.log_param(run_id, name, str(value))
+            client.log_param(run_id, name, tracking.param_text(value))
     client.set_tag(run_id, TAG_STATE, TRIAL_STATE[outcome])
-    client.set_tag(run_id, "mlflow.runName", f"trial {trial.number}")
+    for key, value in (failure_tags or {}).items():
+        client.set_tag(run_id, key, value)
     if message:
-        client.set_tag(run_id, TAG_MESSAGE, message[:5000])
+        client.set_tag(run_id, TAG_MESSAGE, message[:500])
     if error_text:
         client.log_text(run_id, error_text, "error.txt")
+    if not client.get_run(run_id).data.tags.get(tracking.NOTE_TAG):
+        what = f"{TRIAL_STATE[outcome].lower()}" + (f": {message[:500]}" if message else "")
+        tracking.describe_run(
+            f"trial {trial.number} of sweep {study.study_name}: {what}",
+            {"sweep": tracking.run_link(parent_id)},
+            run_id=run_id,
+        )
     client.set_terminated(run_id, RUN_STATUS[outcome])
     return run_id
 
@@ -185,7 +204,7 @@ def figures_html(study: Any, folder: Path) -> dict[str, str]:
                 warnings.simplefilter("ignore")
                 fig = make()
         except Exception as exc:  # e.g. importances when no parameter varied among complete trials
-            notes[name] = f"{type(exc).__name__}: {exc}"
+            notes[name] = f"could not be drawn ({type(exc).__name__}: {exc})"
             continue
         write_text_atomic(folder / name, figure_html(fig))
     return notes
@@ -207,8 +226,10 @@ def best_trial(study: Any) -> dict[str, Any]:
 
 
 def log_parent_results(study: Any, space: SweepSpace, folder: Path) -> dict[str, Any]:
-    """Best trial, counts, figures and the trials table onto the active (parent) run; return the best trial."""
+    """Best trial (its parameters, its dev metrics, a link), counts, figures and the trials table
+    onto the active (parent) run; return the best trial."""
     from distill.io import write_text_atomic
+    from distill.sweep_space import rounded_params
 
     trials = study.get_trials(deepcopy=False)
     counts = {state: sum(1 for t in trials if t.state.name == state) for state in ("COMPLETE", "PRUNED", "FAIL")}
@@ -222,12 +243,17 @@ def log_parent_results(study: Any, space: SweepSpace, folder: Path) -> dict[str,
     if best["value"] is not None:
         metrics["sweep/best_value"] = float(best["value"])
         tags = {"sweep.best_trial": str(best["number"]), "sweep.best_run_id": best["run_id"] or ""}
-        tags.update({f"sweep.best.{k}": str(v) for k, v in best["params"].items()})
+        tags.update({f"best.{k}": tracking.param_text(v) for k, v in rounded_params(best["params"]).items()})
         tracking.set_tags(tags)
+        metrics.update(_best_dev_metrics(best["run_id"]))
     tracking.log_metrics(metrics)
     folder.mkdir(parents=True, exist_ok=True)
     notes = figures_html(study, folder / "optuna")
-    tracking.set_tags({f"sweep.figure_note.{name.removesuffix('.html')}": note[:250] for name, note in notes.items()})
+    tracking.set_tags(
+        {f"sweep.figure_note.{name.removesuffix('.html')}": note.split(" (", 1)[0] for name, note in notes.items()}
+    )
+    if notes:
+        write_text_atomic(folder / "optuna" / "figure_notes.json", json.dumps(notes, indent=2) + "\n")
     _trials_table(study, folder / "trials.csv")
     write_text_atomic(
         folder / "best.json",
@@ -237,6 +263,14 @@ def log_parent_results(study: Any, space: SweepSpace, folder: Path) -> dict[str,
     tracking.log_artifact(folder / "trials.csv", "optuna")
     tracking.log_artifact(folder / "best.json")
     return best
+
+
+def _best_dev_metrics(run_id: str | None) -> dict[str, float]:
+    """The best trial's `dev/*` metrics (its latest values), for the parent's row in the UI."""
+    found = tracking.find_run(run_id) if run_id else None
+    if found is None:
+        return {}
+    return {k: v for k, v in found.data.metrics.items() if k.startswith("dev/")}
 
 
 def _trials_table(study: Any, path: Path) -> None:

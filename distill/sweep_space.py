@@ -40,8 +40,12 @@ SPACE_KEYS = (
     "space",
     "fixed",
 )
-SWEEP_OWNED = ("experiment", "seed", "output_dir", "dev_eval_steps")
-"""Train parameters the sweep sets itself (not in a space file's `space` or `fixed`, nor in overrides)."""
+SWEEP_OWNED = ("experiment", "seed", "output_dir", "dev_eval_steps", "score_eval")
+"""Train parameters the sweep sets itself (not in a space file's `space` or `fixed`, nor in
+overrides); `score_eval` is always false: a trial never looks at the test split."""
+SIGNIFICANT_DIGITS = 4
+"""A float sample is rounded to this many significant digits before a trial trains with it, so
+the value a run logs, its name shows and the adapter was trained with are one and the same."""
 SOURCE_ROOT = Path(__file__).resolve().parents[1]
 """The source tree, whose `sweeps/` holds the bundled space files."""
 
@@ -274,7 +278,7 @@ def _check_component(path: str, where: str, value: Any, kinds: tuple[str, ...], 
 
 def parse_overrides(text: str | None, *, train_config: type) -> dict[str, Any]:
     """`max_steps=20,epochs=1` -> {"max_steps": 20, "epochs": 1.0}, typed as the train config's fields."""
-    from distill.cli import converter
+    from distill.cli import field_converter
 
     if not text:
         return {}
@@ -289,14 +293,15 @@ def parse_overrides(text: str | None, *, train_config: type) -> dict[str, Any]:
         if name not in hints or name in SWEEP_OWNED:
             raise ConfigError(f"train_overrides: {name!r} is not a train parameter the sweep lets you set")
         try:
-            out[name] = converter(hints[name])(value)
+            out[name] = field_converter(train_config, name)(value)
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"train_overrides: {name}={value!r}: {exc}") from None
     return out
 
 
 def suggest(trial: Any, params: list[ParamSpec]) -> dict[str, Any]:
-    """Ask `trial` for a value of every parameter of the space."""
+    """Ask `trial` for a value of every parameter of the space; a float from a continuous range
+    comes back rounded (`rounded_sample`)."""
     values: dict[str, Any] = {}
     for p in params:
         if p.type == "categorical":
@@ -304,8 +309,25 @@ def suggest(trial: Any, params: list[ParamSpec]) -> dict[str, Any]:
         elif p.type == "int":
             values[p.name] = trial.suggest_int(p.name, int(p.low), int(p.high), step=int(p.step or 1), log=p.log)
         else:
-            values[p.name] = trial.suggest_float(p.name, p.low, p.high, step=p.step, log=p.log)
+            sample = trial.suggest_float(p.name, p.low, p.high, step=p.step, log=p.log)
+            values[p.name] = sample if p.step else rounded_sample(sample, p)
     return values
+
+
+def rounded_sample(value: float, spec: ParamSpec) -> float:
+    """`value` to SIGNIFICANT_DIGITS significant digits, kept inside the spec's range."""
+    from distill.tracking import round_significant
+
+    rounded = round_significant(float(value), SIGNIFICANT_DIGITS)
+    return min(max(rounded, float(spec.low)), float(spec.high))
+
+
+def rounded_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Parameters as shown and logged: floats to SIGNIFICANT_DIGITS significant digits (a study
+    keeps Optuna's raw sample; the trial trained with the rounded one)."""
+    from distill.tracking import round_significant
+
+    return {k: round_significant(v, SIGNIFICANT_DIGITS) if isinstance(v, float) else v for k, v in params.items()}
 
 
 def make_pruner(spec: Mapping[str, Any]):

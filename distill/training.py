@@ -14,6 +14,10 @@
   truncation), `preference_metrics`, `dev_metrics` (preference and MCQ metrics of the dev split),
   `dev_curve_callback` (the same, during training, every N steps).
 
+What reaches MLflow as metrics is bounded (a run's headline set, docs/design.md "MLflow
+conventions"): of TRL's per-step figures the ones in TRAIN_STEP_METRICS (every one stays in the
+run's `train_history.json`), of the dev figures the ones in `distill.eval_cache.DEV_METRICS`.
+
 `train_orpo` and `load_for_training` read many training settings, so they take the stage's
 `TrainConfig` (imported for typing only); everything else takes explicit arguments.
 
@@ -54,6 +58,18 @@ if TYPE_CHECKING:
 
 UNSLOTH_ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 """What `all-linear` means for Unsloth, whose get_peft_model wants explicit names."""
+TRAIN_STEP_METRICS = (
+    "loss",
+    "nll_loss",
+    "log_odds_ratio",
+    "rewards/accuracies",
+    "rewards/margins",
+    "learning_rate",
+    "grad_norm",
+)
+"""TRL's per-step figures logged as `train/*` metrics: the loss and its two ORPO terms, how often
+and by how much chosen beats rejected, and the optimizer's state. The others (log-probs, logits,
+epoch, throughput) are in the run's `train_history.json`."""
 
 
 @dataclass(frozen=True)
@@ -407,13 +423,14 @@ def dev_metrics(
 
 def dev_curve_callback(measure: Callable[[Any], dict[str, float]], every: int, on_dev_eval=None):
     """A TrainerCallback that calls `measure(model)` on the model being trained every `every`
-    optimizer steps: logs `dev_curve/<name>` at that step on the active run (not `dev/*`, whose
-    final values are logged at step 0 and would no longer be the latest) and calls
-    `on_dev_eval(step, metrics)`; an exception it raises (a sweep's `optuna.TrialPruned`)
-    stops training."""
+    optimizer steps: logs the headline dev figures as `dev/<name>` at that step on the active run
+    (the train stage logs the final ones at the last step, so they stay the latest and the
+    curve is one chart per figure) and calls `on_dev_eval(step, metrics)`; an exception it
+    raises (a sweep's `optuna.TrialPruned`) stops training."""
     from transformers import TrainerCallback
 
     from distill import tracking
+    from distill.eval_cache import DEV_METRICS
 
     class DevCurveCallback(TrainerCallback):
         def on_step_end(self, args, state, control, model=None, **kwargs):
@@ -422,7 +439,7 @@ def dev_curve_callback(measure: Callable[[Any], dict[str, float]], every: int, o
                 return
             metrics = measure(model)
             if tracking.active_run_id() is not None:
-                tracking.log_metrics({f"dev_curve/{k}": v for k, v in metrics.items()}, step=step)
+                tracking.log_metrics({f"dev/{k}": v for k, v in metrics.items() if k in DEV_METRICS}, step=step)
             if on_dev_eval is not None:
                 on_dev_eval(step, metrics)
 
@@ -522,7 +539,7 @@ def train_orpo(
         disable_tqdm=False,
     )
     dataset = Dataset.from_list([{k: row[k] for k in ("prompt", "chosen", "rejected")} for row in rows])
-    step_logger = MlflowStepCallback()
+    step_logger = MlflowStepCallback(keep=TRAIN_STEP_METRICS)
     trainer = SafeORPOTrainer(
         model=model,
         args=args,

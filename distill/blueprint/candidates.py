@@ -300,6 +300,30 @@ def augment_metrics(
     return metrics
 
 
+AUGMENT_HEADLINE = ("augment/candidates", "augment/accepted", "augment/acceptance_rate", "augment/wall_s")
+"""The `augment/*` figures a run shows as metrics; per gate, subject and transfer kind they are tables."""
+
+
+def gate_rows(counts: dict[str, dict[str, int]]) -> list[dict[str, Any]]:
+    """Per gate, in order: reached, passed, rejected, pass_share (passed / reached)."""
+    return [
+        {"gate": name, **count, "pass_share": count["passed"] / count["reached"] if count["reached"] else None}
+        for name, count in counts.items()
+    ]
+
+
+def accepted_rows(candidates: Sequence[Candidate], pairs: Sequence[PreferencePair]) -> list[dict[str, Any]]:
+    """Accepted pairs per subject and per transfer kind (`by` says which)."""
+    from distill.blueprint.plan import TRANSFER_KINDS
+
+    by_subject = Counter(pair.subject for pair in pairs)
+    by_kind = Counter(pair.meta["transfer"] for pair in pairs)
+    subjects = dict.fromkeys(c.entry.target.subject for c in candidates)
+    return [{"by": "subject", "name": s, "accepted": by_subject.get(s, 0)} for s in subjects] + [
+        {"by": "transfer", "name": k, "accepted": by_kind.get(k, 0)} for k in TRANSFER_KINDS
+    ]
+
+
 def _refusal_lines(candidates: Sequence[Candidate], limit: int = 12) -> list[str]:
     refused = [c for c in candidates if c.refusal is not None]
     if not refused:

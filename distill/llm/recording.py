@@ -36,7 +36,9 @@ EXAMPLE_MODELS = ("example-teacher", "example-student")
 """The models of the bundled recordings; they exist nowhere else."""
 REQUIRED_FIELDS = ("key", "backend", "model", "response")
 RESPONSE_FIELDS = ("text", "input_tokens", "output_tokens", "latency_s", "finish_reason")
-NONE = "none"
+NOTHING = ("off", "none")
+"""What `recording` says to import nothing. The command line reads "none" as unset (the bundled
+recording), so "off" is the word there; "none" still works from code and config files."""
 """The word that asks a stage to import no recording at all."""
 
 
@@ -48,10 +50,10 @@ def bundled_recording(stage: str) -> Path:
 
 
 def recording_to_import(spec: str | None, stage: str) -> Path | None:
-    """The recording a replay run imports: the bundled one when `spec` is empty, none for 'none'."""
+    """The recording a replay run imports: the bundled one when `spec` is unset, none for 'off'."""
     if spec is None or not str(spec).strip():
         return bundled_recording(stage)
-    if str(spec).strip().lower() == NONE:
+    if str(spec).strip().lower() in NOTHING:
         return None
     return Path(spec)
 

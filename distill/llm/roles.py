@@ -136,6 +136,33 @@ def usage_metrics(usages: Mapping[str, Any]) -> dict[str, float]:
     return metrics
 
 
+LLM_HEADLINE = (
+    "requests",
+    "cache_hits",
+    "input_tokens",
+    "output_tokens",
+    "cost_usd",
+    "unanswered",
+    "unusable",
+    "blocked",
+    "truncated",
+    "failure_rate",
+)
+"""The `llm/*` totals a run shows as metrics; every figure per role is in `usage_table`."""
+
+
+def usage_headline(usages: Mapping[str, Any]) -> dict[str, float]:
+    """`llm/<name>` summed over the roles, for the names in LLM_HEADLINE: what users compare
+    between runs (a run's metric list stays short; the per-role detail is a table)."""
+    totals = usage_metrics(usages)
+    return {f"llm/{name}": totals[f"llm/{name}"] for name in LLM_HEADLINE if f"llm/{name}" in totals}
+
+
+def usage_table(usages: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per role with every usage figure and its failure rate (logged with log_table)."""
+    return [{"role": role, **usage.as_dict(), "failure_rate": usage.failure_rate} for role, usage in usages.items()]
+
+
 def usage_summary(usage) -> str:
     """One line of what a role's backend did: requests, cache hits, retries, tokens, cost."""
     line = usage.summary()

@@ -1,8 +1,9 @@
 """The `analyze` stage: error analysis of logged evaluate or train runs.
 
 `run(cfg)` finds the predictions tables a run logged (`*predictions*.parquet`, as the evaluate
-and train stages write them), picks the baseline (another run's, or the base model's inside
-the same run), and hands both to `distill.error_analysis.log_error_analysis`: confusion per
+and train stages write them), picks the baseline (another run's, or the base model's: inside
+the same run, or in the base run a train run links to with `distill.base_run.eval`), and hands
+both to `distill.error_analysis.log_error_analysis`: confusion per
 subject, items fixed and broken, answer-position bias, as tables and one plotly page under
 `errors/`. Steps: resolve the predictions → open the run (a new one, or the analysed run
 itself with `log_to_run`) → analyse and log → print a summary.
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from distill import tracking
+from distill.cli import unset_field
 from distill.error_analysis import ARTIFACT_DIR, ErrorAnalysis, log_error_analysis, summary_text
 from distill.errors import ConfigError
 
@@ -25,34 +27,24 @@ from distill.errors import ConfigError
 class AnalyzeConfig:
     """Error analysis of logged evaluate or train runs: confusion, fixed/broken items, position bias."""
 
-    run_id: str = field(
-        default="",
-        metadata={
-            "help": "Run to analyse (an evaluate run, or a train run that logged both the adapter's and the base model's predictions)."
-        },
+    run_id: str | None = unset_field(
+        "none",
+        "Run to analyse (required): an evaluate run, or a train or register run (its base model's predictions are those of the base run it links to).",
     )
-    baseline_run: str | None = field(
-        default=None,
-        metadata={
-            "help": "Optional run whose predictions are the baseline (fixed/broken are relative to it). Empty: the base-model predictions inside run_id, if it has them."
-        },
+    baseline_run: str | None = unset_field(
+        "auto",
+        "Optional run whose predictions are the baseline (fixed/broken are relative to it). auto: the base model's predictions of run_id (its own, or its base run's), if it has them.",
     )
-    predictions_artifact: str | None = field(
-        default=None,
-        metadata={
-            "help": "Artifact path of the predictions parquet in run_id; empty: found automatically (the one predictions.parquet, or the non-base one of two)."
-        },
+    predictions_artifact: str | None = unset_field(
+        "auto",
+        "Artifact path of the predictions parquet in run_id; auto: found automatically (the one predictions.parquet, or the non-base one of two).",
     )
-    baseline_artifact: str | None = field(
-        default=None,
-        metadata={
-            "help": "Artifact path of the baseline predictions parquet (in baseline_run, or in run_id when baseline_run is empty); empty: found automatically."
-        },
+    baseline_artifact: str | None = unset_field(
+        "auto",
+        "Artifact path of the baseline predictions parquet (in baseline_run, or in run_id when baseline_run is empty); auto: found automatically.",
     )
     log_to_run: bool = field(default=False, metadata={"help": "Log into run_id itself instead of a new run."})
-    experiment: str | None = field(
-        default=None, metadata={"help": "MLflow experiment of the new run (default distill-eval)."}
-    )
+    experiment: str | None = unset_field("auto", "MLflow experiment of the new run. auto: distill-eval.")
     output_dir: str = field(
         default="outputs/analyze",
         metadata={
@@ -61,9 +53,11 @@ class AnalyzeConfig:
     )
 
     def __post_init__(self) -> None:
-        for name in ("baseline_run", "predictions_artifact", "baseline_artifact", "experiment"):
+        from distill.cli import NONE_WORDS
+
+        for name in ("run_id", "baseline_run", "predictions_artifact", "baseline_artifact", "experiment"):
             value = getattr(self, name)
-            if isinstance(value, str) and not value.strip():
+            if isinstance(value, str) and value.strip().lower() in NONE_WORDS | {"auto"}:
                 setattr(self, name, None)
         self.run_id = (self.run_id or "").strip()
         if not self.run_id:
@@ -167,6 +161,11 @@ def resolve_predictions(cfg: AnalyzeConfig) -> Predictions:
     short = cfg.run_id[:8]
     base_path = cfg.baseline_artifact or base_path
     main_df = _download_parquet(cfg.run_id, main_path)
+    base_run = tracking.find_run(cfg.run_id).data.tags.get(tracking.BASE_RUN_TAG + "eval")
+    if base_path is None and base_run and tracking.find_run(base_run) is not None:
+        # A train or register run links to the base run that holds the base model's predictions.
+        base_df = _download_parquet(base_run, split_base_and_main(prediction_artifacts(base_run))[1] or "")
+        return Predictions(base_df, f"base model (run {base_run[:8]})", main_df, f"trained (run {short})")
     if base_path is None:  # one model only: confusion and position bias, no fixed/broken
         return Predictions(main_df, f"run {short}", None, "")
     base_df = _download_parquet(cfg.run_id, base_path)
@@ -181,7 +180,8 @@ def _open_run(cfg: AnalyzeConfig):
     """The analysed run itself (`log_to_run`), or a new run in the analyze experiment."""
     if cfg.log_to_run:
         return tracking.resume_run(cfg.run_id)
-    return tracking.start_run(run_name=f"analyze {cfg.run_id[:8]}")
+    analysed = tracking.find_run(cfg.run_id)
+    return tracking.start_run(run_name=f"analyze {analysed.info.run_name if analysed else cfg.run_id[:8]}")
 
 
 def _log_run_info(cfg: AnalyzeConfig) -> None:
@@ -190,10 +190,10 @@ def _log_run_info(cfg: AnalyzeConfig) -> None:
         # goes next to the analysis it produced.
         tracking.log_config(cfg, f"{ARTIFACT_DIR}/analyze_config.yaml")
     else:
-        tracking.log_params(tracking.safe_params(cfg))
+        tracking.log_config_params(cfg)
         tracking.log_config(cfg)
         tracking.set_tags({"distill.stage": "analyze"})
-    tracking.set_tags({"analyze.run_id": cfg.run_id, "analyze.baseline_run": cfg.baseline_run or ""})
+    tracking.set_tags({"analyze.run_id": cfg.run_id, "analyze.baseline_run": cfg.baseline_run or "none"})
 
 
 def run(cfg: AnalyzeConfig) -> AnalyzeOutputs:
@@ -215,7 +215,13 @@ def run(cfg: AnalyzeConfig) -> AnalyzeOutputs:
             new_label=predictions.new_label or "new",
             local_dir=out_dir,
         )
+        summary = summary_text(analysis)
+        if not cfg.log_to_run:  # the analysed run keeps its own description
+            links = {"analysed": tracking.run_link(cfg.run_id)}
+            if cfg.baseline_run:
+                links["baseline"] = tracking.run_link(cfg.baseline_run)
+            tracking.describe_run(summary, links)
     print()
-    print(summary_text(analysis))
+    print(summary)
     print(f"logged to run {target}  ·  files in {out_dir}  ·  {time.perf_counter() - started:.1f} s")
     return AnalyzeOutputs(run_id=target, analysis=analysis, output_dir=out_dir)

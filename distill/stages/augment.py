@@ -36,13 +36,13 @@ from __future__ import annotations
 import os
 import shutil
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from distill import tracking
+from distill.cli import unset_field
 from distill.errors import ConfigError, InputError
 
 BUNDLED = "bundled"
@@ -70,24 +70,18 @@ def _bundled(name: str) -> str:
 class AugmentConfig:
     """Turn hard negatives into verified, decontaminated ORPO pairs by blueprint transfer."""
 
-    hard_negatives: str | None = field(
-        default=None,
-        metadata={
-            "help": "Hard negatives (mine's hard_negatives.jsonl): a file or an MLflow artifact URI (runs:/<mine run id>/mine/hard_negatives.jsonl). Empty: the 18 bundled hard negatives."
-        },
+    hard_negatives: str | None = unset_field(
+        "bundled",
+        "Hard negatives (mine's hard_negatives.jsonl): a file or an MLflow artifact URI (runs:/<mine run id>/mine/hard_negatives.jsonl). Unset: the 18 bundled hard negatives.",
     )
-    plan: str | None = field(
-        default=None,
-        metadata={
-            "help": "Transfer plan YAML (targets per subject, pairs per seed, mix of transfer kinds). Empty: the bundled plan for 수능 subjects."
-        },
+    plan: str | None = unset_field(
+        "bundled",
+        "Transfer plan YAML (targets per subject, pairs per seed, mix of transfer kinds). Unset: the bundled plan for 수능 subjects.",
     )
-    pairs_per_seed: int | None = field(
-        default=None, metadata={"help": "Candidates per hard negative, overriding the plan. Empty: the plan's."}
+    pairs_per_seed: int | None = unset_field(
+        "plan", "Candidates per hard negative, overriding the plan. Unset: the plan's."
     )
-    max_seeds: int | None = field(
-        default=None, metadata={"help": "Use only the first N hard negatives (a quick look). Empty: all."}
-    )
+    max_seeds: int | None = unset_field("all", "Use only the first N hard negatives (a quick look). Unset: all.")
     teacher: str = field(
         default="example-teacher",
         metadata={
@@ -104,10 +98,9 @@ class AugmentConfig:
             "help": "on/off: verify each new problem by an independent re-solve (fresh prompt, no chosen reasoning shown) that must agree with its gold answer."
         },
     )
-    verifier: str | None = field(default=None, metadata={"help": "Verifier model. Empty: the teacher model."})
-    verifier_backend: str | None = field(
-        default=None,
-        metadata={"help": "Verifier backend: gemini, openai, local or replay. Empty: the teacher backend."},
+    verifier: str | None = unset_field("teacher", "Verifier model. Unset: the teacher model.")
+    verifier_backend: str | None = unset_field(
+        "teacher", "Verifier backend: gemini, openai, local or replay. Unset: the teacher backend."
     )
     verify_samples: int = field(
         default=1, metadata={"help": "Independent re-solves per new problem; every one must reach the gold answer."}
@@ -161,11 +154,9 @@ class AugmentConfig:
     step_tolerance: int = field(
         default=2, metadata={"help": "How far the chosen reasoning's step count may be from the golden path's."}
     )
-    replay_recording: str | None = field(
-        default=None,
-        metadata={
-            "help": "Recorded responses (JSONL) imported into the cache before a replay run. Empty: the bundled recording; 'none': import nothing."
-        },
+    replay_recording: str | None = unset_field(
+        "bundled",
+        "Recorded responses (JSONL) imported into the cache before a replay run. Unset: the bundled recording; 'off': import nothing.",
     )
     cache_path: str = field(
         default="outputs/augment/cache.sqlite",
@@ -173,11 +164,8 @@ class AugmentConfig:
             "help": "Response cache (SQLite). Every paid response is stored as it arrives; a rerun (or a killed run resumed) pays again only for the requests in flight when a run was killed (at most concurrency per backend)."
         },
     )
-    prices: str | None = field(
-        default=None,
-        metadata={
-            "help": "Price table (YAML/JSON, USD per 1M tokens) for the cost estimate. Empty: the built-in table."
-        },
+    prices: str | None = unset_field(
+        "builtin", "Price table (YAML/JSON, USD per 1M tokens) for the cost estimate. Unset: the built-in table."
     )
     concurrency: int = field(default=16, metadata={"help": "Requests in flight at once (network backends)."})
     max_retries: int = field(
@@ -527,32 +515,24 @@ def _json_frame(rows: list[dict]):
     )
 
 
-def log_datasets(prepared: Prepared, pairs_path: Path, pairs: list[dict]) -> None:
-    """The hard negatives as the run's seeds and the pairs as its training data; each digest is
-    `tracking.rows_digest` of the file's rows, as the run that wrote the file logged it."""
+def log_datasets(cfg: AugmentConfig, prepared: Prepared, pairs: list[dict]) -> dict[str, str]:
+    """The hard negatives as the run's input, found where the user named them (mine's `runs:/`
+    URI, their file, or the bundled one), with the digest mine recorded for the same rows; the
+    pairs as the run's output, recorded for train (`tracking.record_output`). {what: URI}."""
     from distill.io import read_jsonl
 
     negatives = [
         {**n.item.to_dict(), "golden_path": n.golden_path, "failed_path": n.failed_path} for n in prepared.negatives
     ]
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
-        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
-        tracking.log_dataset(
-            _json_frame(negatives),
-            name="hard_negatives",
-            source=str(prepared.negatives_path.resolve()),
-            context="seeds",
-            digest=tracking.rows_digest(read_jsonl(prepared.negatives_path)),
-        )
-        if pairs:
-            tracking.log_dataset(
-                _json_frame(pairs),
-                name="augment-pairs",
-                source=str(pairs_path.resolve()),
-                context="training",
-                digest=tracking.rows_digest(pairs),
-            )
+    source = cfg.hard_negatives or str(prepared.negatives_path)
+    tracking.log_dataset(
+        _json_frame(negatives),
+        name="hard_negatives",
+        source=source,
+        context="hard_negatives",
+        rows=read_jsonl(prepared.negatives_path),
+    )
+    return {"hard negatives": f"`{source}`", "pairs": f"`{tracking.record_output('pairs', PAIRS_DIR, pairs)}`"}
 
 
 def register_prompts(templates: dict[str, Any]) -> dict[str, str]:
@@ -565,11 +545,17 @@ def register_prompts(templates: dict[str, Any]) -> dict[str, str]:
     }
 
 
+def run_name(cfg: AugmentConfig, prepared: Prepared) -> str:
+    """What tells one augment run from another: the teacher, the verifier, the seeds, the seed."""
+    verifier = f"verify={cfg.verifier or cfg.teacher}" if cfg.verify else "verify=off"
+    return f"augment {cfg.teacher} {verifier} seeds={len(prepared.negatives)} seed={cfg.seed}"
+
+
 def log_start(cfg: AugmentConfig, prepared: Prepared) -> dict[str, str]:
     """Params, the resolved config, tags and the prompt versions; {template name: URI}."""
     from distill.prompt_registry import log_prompt_versions
 
-    tracking.log_params(tracking.safe_params(cfg))
+    tracking.log_config_params(cfg, max_seeds=len(prepared.negatives))  # the hard negatives actually used
     tracking.log_config(cfg)
     tracking.set_tags(
         {
@@ -607,9 +593,20 @@ def summarise(cfg: AugmentConfig, prepared: Prepared, candidates, counts, pairs,
 
 def record(cfg: AugmentConfig, prepared: Prepared, candidates: Sequence, usages: dict, imported: int, started: float):
     """Write the outputs, log metrics, artifacts and datasets; (pairs, rejected, counts, metrics, summary)."""
+    import pandas as pd
+
     from distill.blueprint import gates
-    from distill.blueprint.candidates import augment_metrics, gate_counts, plan_rows, preference_pair, rejected_row
-    from distill.llm.roles import usage_metrics
+    from distill.blueprint.candidates import (
+        AUGMENT_HEADLINE,
+        accepted_rows,
+        augment_metrics,
+        gate_counts,
+        gate_rows,
+        plan_rows,
+        preference_pair,
+        rejected_row,
+    )
+    from distill.llm.roles import usage_headline, usage_metrics, usage_table
 
     verifier = cfg.verifier if cfg.verify else None
     pairs = [
@@ -626,8 +623,13 @@ def record(cfg: AugmentConfig, prepared: Prepared, candidates: Sequence, usages:
     rows = [pair.to_dict() for pair in pairs]
     write_outputs(output_dir, rows, rejected, summary)
     metrics["augment/wall_s"] = time.perf_counter() - started
-    tracking.log_metrics(metrics)
-    log_datasets(prepared, output_dir / PAIRS_DIR / PAIRS_FILE, rows)
+    # A short list of metrics to compare runs by; per gate, subject, transfer kind and role: tables.
+    tracking.log_metrics({k: metrics[k] for k in AUGMENT_HEADLINE} | usage_headline(usages))
+    tracking.log_table(pd.DataFrame(gate_rows(counts)), "augment/gates.json")
+    tracking.log_table(pd.DataFrame(accepted_rows(candidates, pairs)), "augment/accepted.json")
+    tracking.log_table(pd.DataFrame(usage_table(usages)), "augment/llm_usage.json")
+    links = log_datasets(cfg, prepared, rows)
+    tracking.describe_run(summary, links)
     tracking.log_artifacts(output_dir / PAIRS_DIR, PAIRS_DIR)
     tracking.log_artifact(output_dir / REJECTED_FILE)
     tracking.log_artifact(output_dir / SUMMARY_FILE)
@@ -660,7 +662,7 @@ def run(cfg: AugmentConfig) -> AugmentOutputs:
         for role in ("teacher", "verifier") if cfg.verify else ("teacher",):
             kind, model = getattr(cfg, f"{role}_backend"), getattr(cfg, role)
             backends[role] = role_backend(kind, model, cache=cache, settings=settings, role=role)
-        with tracking.start_run(run_name=f"augment {cfg.teacher}") as active, tracking.tagging_failure():
+        with tracking.start_run(run_name=run_name(cfg, prepared)) as active, tracking.tagging_failure():
             for line in resume_from_cache(cfg.cache_path):
                 print(line)
             prompt_uris = log_start(cfg, prepared)

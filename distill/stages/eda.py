@@ -12,8 +12,9 @@ MLflow (experiment `distill-eda`):
 - `eda/overlap.json` (an MLflow table) and `eda/overlap.parquet`: one row per evaluation item
   with its neighbour share and nearest training item; `eda/points.parquet`: every point with
   its map coordinates;
-- the sets as MLflow dataset inputs (contexts seeds, training, eval), the params and the
-  resolved config (`config.yaml`).
+- the sets as MLflow dataset inputs (contexts seeds, training, eval; each digest the one every
+  run shows for that content: `tracking.rows_digest` of the items or of the pairs as read), the
+  params and the resolved config (`config.yaml`), and the summary as the run's description.
 Steps: `load_sets` → `measure` (before the run opens) → `log_measurement`, `write_and_log_files`.
 """
 
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from distill import tracking
+from distill.cli import unset_field
 from distill.eda.points import PointSet
 from distill.errors import ConfigError, InputError
 
@@ -38,32 +40,24 @@ SPEC_FORMATS = ("auto", "competition", "kice", "kmmlu", "jsonl")
 class EdaConfig:
     """Embedding map of seeds, training pairs and evaluation items, and how much they overlap."""
 
-    seeds: str | None = field(
-        default=None,
-        metadata={
-            "help": "Seed items (training side). Empty: the bundled seeds (distill/resources/seeds.jsonl); 'off': none."
-        },
+    seeds: str | None = unset_field(
+        "bundled",
+        "Seed items (training side). bundled: the bundled seeds (distill/resources/seeds.jsonl); 'off': none.",
     )
     seeds_format: str = field(
         default="auto", metadata={"help": "Format of seeds: auto, competition, kice, kmmlu or jsonl."}
     )
-    pairs: str | None = field(
-        default=None,
-        metadata={
-            "help": "Preference pairs (training side): a .jsonl file, a folder with pairs.jsonl, or an MLflow URI (runs:/<id>/pairs). Empty: the bundled example pairs; 'off': none. The text of a pair is its problem (or its prompt when it has none)."
-        },
+    pairs: str | None = unset_field(
+        "bundled",
+        "Preference pairs (training side): a .jsonl file, a folder with pairs.jsonl, or an MLflow URI (runs:/<id>/pairs). bundled: the bundled example pairs; 'off': none. The text of a pair is its problem (or its prompt when it has none).",
     )
-    eval_sets: list[str] = field(
-        default_factory=list,
-        metadata={
-            "help": "Evaluation sets, comma-separated, each 'path' or 'path:format' (format auto, competition, kice, kmmlu or jsonl), e.g. a.json:kice,b.csv:competition. Each set is named after its file. Empty: the bundled eval sample."
-        },
+    eval_sets: list[str] = unset_field(
+        "bundled",
+        "Evaluation sets, comma-separated, each 'path' or 'path:format' (format auto, competition, kice, kmmlu or jsonl), e.g. a.json:kice,b.csv:competition. Each set is named after its file. bundled: the bundled eval sample.",
+        default=[],
     )
-    subject_map: str | None = field(
-        default=None,
-        metadata={
-            "help": "Optional file mapping item ids or categories to subjects (applied to seeds and evaluation sets)."
-        },
+    subject_map: str | None = unset_field(
+        "none", "Optional file mapping item ids or categories to subjects (applied to seeds and evaluation sets)."
     )
     embedder: str = field(
         default="tfidf-svd",
@@ -86,7 +80,7 @@ class EdaConfig:
             "help": "Neighbours per evaluation item for the training-neighbour share (cosine, among training points and the item's own set)."
         },
     )
-    experiment: str | None = field(default=None, metadata={"help": "MLflow experiment (default distill-eda)."})
+    experiment: str | None = unset_field("auto", "MLflow experiment. auto: distill-eda.")
     seed: int = field(default=0, metadata={"help": "Seed of the SVD and of UMAP."})
     output_dir: str = field(
         default="outputs/eda",
@@ -96,13 +90,15 @@ class EdaConfig:
     )
 
     def __post_init__(self) -> None:
+        from distill.cli import NONE_WORDS
+
         for name in ("seeds", "pairs", "subject_map", "experiment"):
             value = getattr(self, name)
-            if isinstance(value, str) and not value.strip():
+            if isinstance(value, str) and value.strip().lower() in NONE_WORDS | {"bundled", "auto"}:
                 setattr(self, name, None)
         if isinstance(self.eval_sets, str):
             self.eval_sets = [part.strip() for part in self.eval_sets.split(",") if part.strip()]
-        self.eval_sets = list(self.eval_sets or [])
+        self.eval_sets = [s for s in self.eval_sets or [] if str(s).strip().lower() != "bundled"]
         if self.k < 1:
             raise ConfigError(f"k must be at least 1, got {self.k}")
         if self.projection not in ("umap", "pca"):
@@ -124,6 +120,15 @@ class EdaOutputs:
     projection: str
     fallback_reason: str | None
     output_dir: Path
+
+
+@dataclass(frozen=True)
+class DataSet(PointSet):
+    """A set on the map and the digest its dataset input carries."""
+
+    digest: str = ""
+    """`tracking.rows_digest` of the set's content (items as `MCQItem.to_dict()`, pairs as read):
+    the digest every run that logs this content shows."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -165,6 +170,7 @@ def load_sets(cfg: EdaConfig) -> list[PointSet]:
     """
     from distill.data.loaders import load_items
     from distill.eda.points import item_points, pair_points
+    from distill.evaluation import dataset_digest
     from distill.pairs import load_pairs
     from distill.resources import resource_path
 
@@ -172,10 +178,12 @@ def load_sets(cfg: EdaConfig) -> list[PointSet]:
     if (cfg.seeds or "").strip().lower() != OFF:
         seeds_path = cfg.seeds or str(resource_path("seeds.jsonl"))
         items = load_items(seeds_path, cfg.seeds_format, cfg.subject_map, allow_duplicate_choices=True)
-        sets.append(PointSet("seeds", "train", item_points(items), seeds_path, "seeds"))
+        sets.append(DataSet("seeds", "train", item_points(items), seeds_path, "seeds", dataset_digest(items)))
     if (cfg.pairs or "").strip().lower() != OFF:
-        pairs_source = cfg.pairs or str(resource_path("example_pairs.jsonl"))
-        sets.append(PointSet("pairs", "train", pair_points(load_pairs(pairs_source)), pairs_source, "training"))
+        pairset = load_pairs(cfg.pairs or str(resource_path("example_pairs.jsonl")))
+        sets.append(
+            DataSet("pairs", "train", pair_points(pairset), pairset.lineage_source, "training", pairset.digest)
+        )
     specs = cfg.eval_sets or [f"{resource_path('eval_sample.jsonl')}:jsonl"]
     parsed = [parse_dataset_spec(spec) for spec in specs]
     # "seeds" and "pairs" name the training sets; an evaluation file called seeds.jsonl becomes seeds_2.
@@ -184,7 +192,7 @@ def load_sets(cfg: EdaConfig) -> list[PointSet]:
         items = load_items(path, fmt, cfg.subject_map, allow_duplicate_choices=True)
         if not items:
             raise InputError(path, "no items in this evaluation set")
-        sets.append(PointSet(name, "eval", item_points(items), path, "eval"))
+        sets.append(DataSet(name, "eval", item_points(items), path, "eval", dataset_digest(items)))
     return sets
 
 
@@ -233,23 +241,17 @@ def measure(cfg: EdaConfig, sets: list[PointSet]) -> Measurement:
 
 
 def _log_inputs(sets: list[PointSet]) -> None:
-    import warnings
-
     import pandas as pd
 
     for s in sets:
         frame = pd.DataFrame(s.points, columns=["id", "subject", "text"])
-        with warnings.catch_warnings():
-            # "source can be interpreted in multiple ways": a local path is what it is.
-            warnings.simplefilter("ignore", UserWarning)
-            tracking.log_dataset(
-                frame, name=s.name, source=str(s.source), context=s.context, digest=tracking.rows_digest(s.points)
-            )
+        digest = getattr(s, "digest", "") or tracking.rows_digest(s.points)
+        tracking.log_dataset(frame, name=s.name, source=str(s.source), context=s.context, digest=digest)
 
 
 def log_measurement(cfg: EdaConfig, sets: list[PointSet], m: Measurement) -> None:
     """Params, config, tags, the sets as dataset inputs and the overlap metrics on the active run."""
-    tracking.log_params(tracking.safe_params(cfg))
+    tracking.log_config_params(cfg)
     tracking.log_config(cfg)
     tags = {
         "distill.stage": "eda",
@@ -328,23 +330,32 @@ def summary_text(
 # The stage
 
 
+def eda_links(sets: list[PointSet]) -> dict[str, str]:
+    """Links to the runs whose outputs the map shows (a set read from a `runs:/` URI)."""
+    return {
+        f"{s.name} from": tracking.run_link(run_id) for s in sets if (run_id := tracking.run_of_uri(str(s.source)))
+    }
+
+
 def run(cfg: EdaConfig) -> EdaOutputs:
     """Load, embed, map, measure overlap, log figures and tables, print a one-screen summary."""
     started = time.perf_counter()
     tracking.configure(cfg.experiment, "eda")
     sets = load_sets(cfg)
     m = measure(cfg, sets)
-    with tracking.start_run(run_name="eda") as active:
+    name = f"eda {' + '.join(s.name for s in sets)} · {cfg.embedder} {cfg.projection}"
+    with tracking.start_run(run_name=name) as active, tracking.tagging_failure():
         run_id = active.info.run_id
         log_measurement(cfg, sets, m)
         run_dir = Path(cfg.output_dir) / run_id
         summary = write_and_log_files(cfg, m, run_dir)
         wall_s = time.perf_counter() - started
         tracking.log_metrics({"eda/wall_s": wall_s})
+        summary += f"\nrun {run_id}  ·  files in {run_dir}  ·  {wall_s:.1f} s"
+        tracking.describe_run(summary, eda_links(sets))
 
     print()
     print(summary)
-    print(f"run {run_id}  ·  files in {run_dir}  ·  {wall_s:.1f} s")
     return EdaOutputs(
         run_id=run_id,
         metrics=m.metrics,

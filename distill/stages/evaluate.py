@@ -5,6 +5,11 @@ cover the same items before any model loads); open the run and log the config an
 score by logits or by generation; log the evaluation; compare with the baseline when asked;
 print a one-screen summary. The scoring, comparison and logging themselves are the evaluation
 library, `distill.evaluation`, which train and register use too.
+
+In the MLflow UI a run is named after what it scored (`evaluate tiny-qwen3 + <adapter> · <set>`),
+carries the overall `eval/*` figures as metrics (linked to the items' dataset and, for an adapter
+logged by a train run, to that logged model), the per-subject results as its `subjects` table,
+and its summary as its description, with links to the adapter's train run and the baseline run.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from distill import tracking
+from distill.cli import unset_field
 from distill.errors import ConfigError, InputError
 from distill.evaluation import (
     COMPARISON_ARTIFACT_DIR,
@@ -28,6 +34,7 @@ from distill.evaluation import (
     log_comparison,
     log_eval_result,
     log_items_dataset,
+    log_subject_table,
     result_from_predictions,
     summary_text,
 )
@@ -45,22 +52,15 @@ class EvaluateConfig:
             "help": "Model to score: a Hugging Face id, a local path, or tiny-qwen3 (built locally, no download)."
         },
     )
-    adapter: str | None = field(
-        default=None,
-        metadata={
-            "help": "Optional LoRA adapter on top of the model: a directory or an MLflow model URI (runs:/..., models:/...)."
-        },
+    adapter: str | None = unset_field(
+        "none",
+        "Optional LoRA adapter on top of the model: a directory or an MLflow model URI (runs:/..., models:/...). none: the model alone.",
     )
-    dataset: str | None = field(
-        default=None,
-        metadata={
-            "help": "Items to score (a file). Empty: the bundled eval sample (distill/resources/eval_sample.jsonl)."
-        },
+    dataset: str | None = unset_field(
+        "bundled", "Items to score (a file). bundled: the bundled eval sample (distill/resources/eval_sample.jsonl)."
     )
     format: str = field(default="auto", metadata={"help": "Dataset format: auto, competition, kice, kmmlu or jsonl."})
-    subject_map: str | None = field(
-        default=None, metadata={"help": "Optional file mapping item ids or categories to subjects."}
-    )
+    subject_map: str | None = unset_field("none", "Optional file mapping item ids or categories to subjects.")
     allow_duplicate_choices: bool = field(
         default=False,
         metadata={
@@ -77,22 +77,19 @@ class EvaluateConfig:
         },
     )
     thinking: str = field(default="off", metadata={"help": "Qwen3 thinking in the prompt: on or off."})
-    baseline_run: str | None = field(
-        default=None,
-        metadata={"help": "Run id of an earlier evaluate run on the same items: log a paired comparison (compare/*)."},
+    baseline_run: str | None = unset_field(
+        "none", "Run id of an earlier evaluate run on the same items: log a paired comparison (compare/*)."
     )
     bootstrap_samples: int = field(
         default=2000, metadata={"help": "Bootstrap resamples for the CI of the accuracy difference."}
     )
     seed: int = field(default=0, metadata={"help": "Seed of the bootstrap."})
-    experiment: str | None = field(default=None, metadata={"help": "MLflow experiment (default distill-eval)."})
+    experiment: str | None = unset_field("auto", "MLflow experiment. auto: distill-eval.")
     output_dir: str = field(
         default="outputs/evaluate",
         metadata={"help": "Local folder for the predictions, chart and summary (also logged as artifacts)."},
     )
-    max_items: int | None = field(
-        default=None, metadata={"help": "Score only the first N items (a quick look); empty for all."}
-    )
+    max_items: int | None = unset_field("all", "Score only the first N items (a quick look); all: every item.")
     device: str = field(default="auto", metadata={"help": "cuda, cpu, mps, or auto (the best available)."})
     dtype: str = field(
         default="auto",
@@ -103,11 +100,9 @@ class EvaluateConfig:
     max_new_tokens: int = field(
         default=512, metadata={"help": "scoring=generate: longest answer (reasoning included)."}
     )
-    cache_path: str | None = field(
-        default=None,
-        metadata={
-            "help": "scoring=generate: response cache file; empty: a temporary one (never stale for a retrained adapter)."
-        },
+    cache_path: str | None = unset_field(
+        "none",
+        "scoring=generate: response cache file; none: a temporary one (never stale for a retrained adapter).",
     )
     backend: str = field(
         default="local",
@@ -120,18 +115,16 @@ class EvaluateConfig:
     )
 
     def __post_init__(self) -> None:
+        from distill.cli import NONE_WORDS
         from distill.data.prompts import parse_thinking
 
         for name in ("adapter", "dataset", "subject_map", "baseline_run", "experiment", "cache_path"):
             value = getattr(self, name)
-            if isinstance(value, str) and not value.strip():
+            if isinstance(value, str) and value.strip().lower() in NONE_WORDS | {"bundled", "auto"}:
                 setattr(self, name, None)
         if isinstance(self.max_items, str):
-            self.max_items = int(self.max_items) if self.max_items.strip() else None
-        if self.dataset is None:
-            from distill.resources import resource_path
-
-            self.dataset = str(resource_path("eval_sample.jsonl"))
+            text = self.max_items.strip().lower()
+            self.max_items = None if text in NONE_WORDS | {"all"} else int(text)
         if self.scoring not in SCORING_MODES:
             raise ConfigError(f"scoring must be 'logits' or 'generate', got {self.scoring!r}")
         self.thinking = "on" if parse_thinking(self.thinking) else "off"
@@ -140,7 +133,24 @@ class EvaluateConfig:
         if self.bootstrap_samples < 1:
             raise ConfigError(f"bootstrap_samples must be at least 1, got {self.bootstrap_samples}")
         if self.max_items is not None and self.max_items < 1:
-            raise ConfigError(f"max_items must be at least 1 (or empty for all), got {self.max_items}")
+            raise ConfigError(f"max_items must be at least 1 (or all), got {self.max_items}")
+
+    @property
+    def dataset_source(self) -> str:
+        """The items to read: `dataset`, or the bundled eval sample when unset."""
+        from distill.resources import resource_path
+
+        return self.dataset or str(resource_path("eval_sample.jsonl"))
+
+    @property
+    def run_name(self) -> str:
+        """`evaluate <model> + <adapter> · <set> · <scoring>`: what tells evaluate runs apart."""
+        model = Path(self.model).name
+        if self.adapter:
+            adapter = self.adapter.rstrip("/").rsplit("/", 1)[-1]
+            model += f" + {adapter}"
+        items = Path(self.dataset_source).stem + (f"[:{self.max_items}]" if self.max_items else "")
+        return f"evaluate {model} · {items} · {self.scoring}"
 
 
 @dataclass
@@ -169,10 +179,10 @@ def run(cfg: EvaluateConfig) -> EvaluateOutputs:
     tracking.configure(cfg.experiment, "evaluate")
     items = load_eval_items(cfg)
     baseline = load_baseline(cfg, items)  # fails before loading a model if it cannot be compared
-    with tracking.start_run(run_name=f"evaluate {Path(cfg.model).name}") as active:
+    with tracking.start_run(run_name=cfg.run_name) as active, tracking.tagging_failure():
         run_id = active.info.run_id
         run_dir = Path(cfg.output_dir) / run_id
-        log_run_inputs(cfg, items, run_dir)
+        dataset = log_run_inputs(cfg, items, run_dir)
         scoring_started = time.perf_counter()
         result = score(cfg, items)
         scoring_s = time.perf_counter() - scoring_started
@@ -182,12 +192,21 @@ def run(cfg: EvaluateConfig) -> EvaluateOutputs:
                 "eval/items_per_s": len(items) / scoring_s if scoring_s > 0 else float("nan"),
             }
         )
-        log_eval_result(result, local_dir=run_dir / PREDICTIONS_ARTIFACT_DIR)
+        model_id = tracking.logged_model_id(cfg.adapter)
+        log_eval_result(result, local_dir=run_dir / PREDICTIONS_ARTIFACT_DIR, model_id=model_id, dataset=dataset)
         if baseline is not None:
-            compare_with_baseline(cfg, baseline, result, run_dir)
+            compare_with_baseline(cfg, baseline, result, run_dir, model_id=model_id, dataset=dataset)
+        log_subject_table(
+            result, baseline.comparison if baseline else None, base=baseline.result if baseline else None
+        )
         wall_s = time.perf_counter() - started
         tracking.log_metrics({"eval/wall_s": wall_s})
-    print_summary(cfg, items, result, baseline, run_id=run_id, run_dir=run_dir, wall_s=wall_s, scoring_s=scoring_s)
+        summary = summary_screen(
+            cfg, items, result, baseline, run_id=run_id, run_dir=run_dir, wall_s=wall_s, scoring_s=scoring_s
+        )
+        tracking.describe_run(summary, description_links(cfg, baseline))
+    print()
+    print(summary)
     return EvaluateOutputs(
         run_id=run_id,
         result=result,
@@ -202,7 +221,7 @@ def load_eval_items(cfg: EvaluateConfig) -> list[Any]:
     from distill.data.loaders import load_items
 
     items = load_items(
-        cfg.dataset,
+        cfg.dataset_source,
         cfg.format,
         cfg.subject_map,
         require_answer=True,
@@ -211,7 +230,7 @@ def load_eval_items(cfg: EvaluateConfig) -> list[Any]:
     if cfg.max_items is not None:
         items = items[: cfg.max_items]
     if not items:
-        raise InputError(cfg.dataset, "no items to evaluate")
+        raise InputError(cfg.dataset_source, "no items to evaluate")
     return items
 
 
@@ -226,17 +245,21 @@ def load_baseline(cfg: EvaluateConfig, items: list[Any]) -> Baseline | None:
     return Baseline(run_id=cfg.baseline_run, predictions=predictions)
 
 
-def log_run_inputs(cfg: EvaluateConfig, items: list[Any], run_dir: Path) -> None:
-    """Params, config.yaml, tags; the items as a dataset input and as items.jsonl."""
+def log_run_inputs(cfg: EvaluateConfig, items: list[Any], run_dir: Path):
+    """Params, config.yaml, tags; the items as a dataset input (returned, to link metrics to) and
+    as items.jsonl."""
     from distill.io import write_jsonl
 
-    tracking.log_params(tracking.safe_params(cfg))
+    tracking.log_config_params(cfg)
     tracking.log_config(cfg)
-    tracking.set_tags({"distill.stage": "evaluate", "distill.model": cfg.model, "distill.adapter": cfg.adapter or ""})
-    name = Path(str(cfg.dataset)).stem + (f"[:{cfg.max_items}]" if cfg.max_items else "")
-    log_items_dataset(items, source=str(cfg.dataset), name=name, context="eval")
+    tracking.set_tags(
+        {"distill.stage": "evaluate", "distill.model": cfg.model, "distill.adapter": cfg.adapter or "none"}
+    )
+    name = Path(cfg.dataset_source).stem + (f"[:{cfg.max_items}]" if cfg.max_items else "")
+    dataset = log_items_dataset(items, source=cfg.dataset_source, name=name, context="eval")
     path = write_jsonl(run_dir / "items.jsonl", (item.to_dict() for item in items))
     tracking.log_artifact(path, PREDICTIONS_ARTIFACT_DIR)
+    return dataset
 
 
 def score(cfg: EvaluateConfig, items: list[Any]) -> EvalResult:
@@ -268,7 +291,9 @@ def score(cfg: EvaluateConfig, items: list[Any]) -> EvalResult:
     return evaluate_items(model, tokenizer, items, thinking=cfg.thinking, batch_size=cfg.batch_size, progress=True)
 
 
-def compare_with_baseline(cfg: EvaluateConfig, baseline: Baseline, result: EvalResult, run_dir: Path) -> None:
+def compare_with_baseline(
+    cfg: EvaluateConfig, baseline: Baseline, result: EvalResult, run_dir: Path, *, model_id=None, dataset=None
+) -> None:
     """The paired comparison with the baseline run, logged (`compare/*`, chart, item changes)."""
     baseline.comparison = compare_predictions(
         baseline.predictions, result.predictions, n_boot=cfg.bootstrap_samples, seed=cfg.seed
@@ -284,10 +309,12 @@ def compare_with_baseline(cfg: EvaluateConfig, baseline: Baseline, result: EvalR
         n_boot=cfg.bootstrap_samples,
         seed=cfg.seed,
         local_dir=run_dir / COMPARISON_ARTIFACT_DIR,
+        model_id=model_id,
+        dataset=dataset,
     )
 
 
-def print_summary(
+def summary_screen(
     cfg: EvaluateConfig,
     items: list[Any],
     result: EvalResult,
@@ -297,19 +324,30 @@ def print_summary(
     run_dir: Path,
     wall_s: float,
     scoring_s: float,
-) -> None:
+) -> str:
     """The one-screen summary: per-subject table (with the comparison), the run and its files."""
     model_label = cfg.model + (f" + {cfg.adapter}" if cfg.adapter else "")
     title = (
-        f"evaluate  {model_label}  on {Path(str(cfg.dataset)).name} ({len(items)} items, "
+        f"evaluate  {model_label}  on {Path(cfg.dataset_source).name} ({len(items)} items, "
         f"scoring={cfg.scoring}, thinking={cfg.thinking})"
     )
     comparison = baseline.comparison if baseline is not None else None
-    print()
-    print(summary_text(result, comparison, title=title, base_result=baseline.result if baseline else None))
+    lines = [summary_text(result, comparison, title=title, base_result=baseline.result if baseline else None)]
     if baseline is not None:
-        print(
+        lines.append(
             f"compared with run {baseline.run_id}: Δ accuracy {baseline.comparison['compare/delta_accuracy']:+.3f}, "
             f"McNemar p={baseline.comparison['compare/mcnemar_p']:.3g}"
         )
-    print(f"run {run_id}  ·  files in {run_dir}  ·  {wall_s:.1f} s ({scoring_s:.1f} s scoring)")
+    lines.append(f"run {run_id}  ·  files in {run_dir}  ·  {wall_s:.1f} s ({scoring_s:.1f} s scoring)")
+    return "\n".join(lines)
+
+
+def description_links(cfg: EvaluateConfig, baseline: Baseline | None) -> dict[str, str]:
+    """The runs an evaluate run used: the adapter's train run, the baseline run."""
+    links = {}
+    adapter_run = tracking.run_of_uri(cfg.adapter or "")
+    if adapter_run:
+        links["adapter from"] = tracking.run_link(adapter_run)
+    if baseline is not None:
+        links["baseline"] = tracking.run_link(baseline.run_id)
+    return links

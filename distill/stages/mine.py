@@ -37,13 +37,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from distill import tracking
+from distill.cli import unset_field
 from distill.contracts import Attempt, HardNegative, MCQItem
 from distill.errors import ConfigError, InputError
 from distill.mining import Decision
@@ -54,7 +54,6 @@ ATTEMPTS_FILE = "attempts.parquet"
 HARD_NEGATIVES_FILE = "hard_negatives.jsonl"
 SUMMARY_FILE = "summary.txt"
 ARTIFACT_DIR = "mine"
-OUTPUT_TAGS = {"distill.direction": "output"}
 """Tags of the dataset inputs that are the run's own outputs."""
 
 
@@ -62,14 +61,11 @@ OUTPUT_TAGS = {"distill.direction": "output"}
 class MineConfig:
     """Run a teacher and a student over seed items and keep the hard negatives."""
 
-    seeds: str | None = field(
-        default=None,
-        metadata={"help": "Seed items (a file). Empty: the 24 bundled seeds (distill/resources/seeds.jsonl)."},
+    seeds: str | None = unset_field(
+        "bundled", "Seed items (a file). Unset: the 24 bundled seeds (distill/resources/seeds.jsonl)."
     )
     format: str = field(default="auto", metadata={"help": "Seeds format: auto, competition, kice, kmmlu or jsonl."})
-    subject_map: str | None = field(
-        default=None, metadata={"help": "Optional file mapping item ids or categories to subjects."}
-    )
+    subject_map: str | None = unset_field("none", "Optional file mapping item ids or categories to subjects.")
     teacher: str = field(
         default="example-teacher",
         metadata={
@@ -173,23 +169,17 @@ class MineConfig:
             "help": "Response cache (SQLite). Every paid response is stored as it arrives; a rerun pays again only for the requests in flight when a run was killed (at most concurrency per backend)."
         },
     )
-    recording: str | None = field(
-        default=None,
-        metadata={
-            "help": "Recorded responses (JSONL) imported into the cache when a role uses the replay backend. Empty: the bundled recording; 'none': import nothing."
-        },
+    recording: str | None = unset_field(
+        "bundled",
+        "Recorded responses (JSONL) imported into the cache when a role uses the replay backend. Unset: the bundled recording; 'off': import nothing.",
     )
-    error_types: str | None = field(
-        default=None,
-        metadata={
-            "help": "Optional JSONL with id and error_type per seed (a label of the student's mistake), copied into hard negatives. Empty: the bundled labels when seeds are the bundled ones."
-        },
+    error_types: str | None = unset_field(
+        "bundled",
+        "Optional JSONL with id and error_type per seed (a label of the student's mistake), copied into hard negatives. Unset: the bundled labels when seeds are the bundled ones.",
     )
-    prices: str | None = field(
-        default=None,
-        metadata={
-            "help": "Price table (YAML/JSON, USD per 1M input/output tokens per model) for llm/cost_usd. Empty: built-in list prices."
-        },
+    prices: str | None = unset_field(
+        "builtin",
+        "Price table (YAML/JSON, USD per 1M input/output tokens per model) for llm/cost_usd. Unset: built-in list prices.",
     )
     student_batch_size: int = field(default=8, metadata={"help": "Prompts per generate call (local student)."})
     device: str = field(default="auto", metadata={"help": "Local student: cuda, cpu, mps, or auto."})
@@ -201,7 +191,7 @@ class MineConfig:
         },
     )
     seed: int = field(default=0, metadata={"help": "Sampling seed; sample k of a prompt uses seed + k."})
-    max_items: int | None = field(default=None, metadata={"help": "Mine only the first N seeds; empty for all."})
+    max_items: int | None = unset_field("all", "Mine only the first N seeds; unset: all.")
 
     def __post_init__(self) -> None:
         from distill.data.prompts import parse_thinking
@@ -311,8 +301,16 @@ def open_cache(cfg: MineConfig):
         raise
 
 
-def log_start(cfg: MineConfig) -> None:
-    tracking.log_params(tracking.safe_params(cfg))
+def run_name(cfg: MineConfig, items: Sequence[MCQItem]) -> str:
+    """What tells one mine run from another: the two models, how many seeds, how many samples."""
+    return (
+        f"mine {cfg.teacher} vs {Path(cfg.student).name} seeds={len(items)} "
+        f"k={cfg.student_samples}/{cfg.teacher_samples}"
+    )
+
+
+def log_start(cfg: MineConfig, items: Sequence[MCQItem]) -> None:
+    tracking.log_config_params(cfg, max_items=len(items))  # the seeds actually mined
     tracking.log_config(cfg)
     tracking.set_tags(
         {
@@ -453,60 +451,59 @@ def write_outputs(result: MineResult, output_dir: Path):
     return frame, attempts_path, write_hard_negatives(output_dir / HARD_NEGATIVES_FILE, result.hard_negatives)
 
 
-def log_datasets(cfg: MineConfig, items: Sequence[MCQItem], result: MineResult, frame, paths) -> None:
-    """The seeds as the run's input; the hard negatives and the attempts as its outputs."""
-    from distill.data.loaders import items_digest
-    from distill.mining import hard_negatives_frame, items_frame
+def log_datasets(cfg: MineConfig, items: Sequence[MCQItem], result: MineResult, paths) -> dict[str, str]:
+    """The seeds as the run's input (the user's file, or the bundled one); the hard negatives and
+    the attempts as its outputs, recorded for the runs that read them (`tracking.record_output`).
+    {output kind: runs:/ URI}."""
+    from distill.mining import items_frame
 
     attempts_path, hard_negatives_path = paths
     seeds = Path(cfg.seeds_path())
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
-        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
-        tracking.log_dataset(
-            items_frame(items),
-            name=seeds.stem,
-            source=str(seeds.resolve()),
-            context="seeds",
-            digest=items_digest(items)[:16],
-            targets="answer",
-        )
-        tracking.log_dataset(
-            hard_negatives_frame(result.hard_negatives),
-            name=hard_negatives_path.stem,
-            source=str(hard_negatives_path.resolve()),
-            context="hard_negatives",
-            digest=tracking.rows_digest(negative.to_dict() for negative in result.hard_negatives),
-            tags=OUTPUT_TAGS,
-        )
-        tracking.log_dataset(
-            frame.astype({"choice": "float64"}),
-            name=attempts_path.stem,
-            source=str(attempts_path.resolve()),
-            context="attempts",
-            digest=tracking.rows_digest(a.to_dict() for a in result.attempts),
-            tags=OUTPUT_TAGS,
-        )
+    tracking.log_dataset(
+        items_frame(items),
+        name=seeds.stem,
+        source=str(seeds),
+        context="seeds",
+        rows=[item.to_dict() for item in items],
+        targets="answer",
+    )
+    return {
+        "hard negatives": tracking.record_output(
+            "hard_negatives",
+            f"{ARTIFACT_DIR}/{hard_negatives_path.name}",
+            (negative.to_dict() for negative in result.hard_negatives),
+        ),
+        "attempts": tracking.record_output(
+            "attempts", f"{ARTIFACT_DIR}/{attempts_path.name}", (a.to_dict() for a in result.attempts)
+        ),
+    }
 
 
 def record(cfg: MineConfig, items, result: MineResult, usages: Mapping[str, Any], imported: int, started: float):
     """Write the outputs, log metrics, artifacts and datasets; (frame, paths, metrics, summary)."""
+    import pandas as pd
+
     from distill.io import write_text_atomic
-    from distill.llm.roles import usage_metrics, usage_summary
-    from distill.mining import mine_metrics, summary_text
+    from distill.llm.roles import usage_headline, usage_metrics, usage_summary, usage_table
+    from distill.mining import MINE_HEADLINE, mine_metrics, subject_rows, summary_text
 
     output_dir = Path(cfg.output_dir)
     frame, *paths = write_outputs(result, output_dir)
     metrics = mine_metrics(items, result.attempts, result.decisions) | usage_metrics(usages)
     metrics["mine/recording_imported"] = float(imported)
     metrics["mine/wall_s"] = time.perf_counter() - started
-    tracking.log_metrics(metrics)
+    # A short list of metrics to compare runs by; per subject and per role they are tables.
+    tracking.log_metrics({k: metrics[k] for k in MINE_HEADLINE if k in metrics} | usage_headline(usages))
+    tracking.log_table(pd.DataFrame(subject_rows(items, metrics)), f"{ARTIFACT_DIR}/subjects.json")
+    tracking.log_table(pd.DataFrame(usage_table(usages)), f"{ARTIFACT_DIR}/llm_usage.json")
     usage_lines = [f"{role}: {usage_summary(usage)}" for role, usage in usages.items()]
     summary = summary_text(cfg, items, result.decisions, metrics, usage_lines)
     summary_path = write_text_atomic(output_dir / SUMMARY_FILE, summary + "\n")
     for path in (*paths, summary_path):
         tracking.log_artifact(path, ARTIFACT_DIR)
-    log_datasets(cfg, items, result, frame, paths)
+    outputs = log_datasets(cfg, items, result, paths)
+    links = {"seeds": f"`{cfg.seeds_path()}`", **{what: f"`{uri}`" for what, uri in outputs.items()}}
+    tracking.describe_run(summary, links)
     return frame, paths, metrics, summary
 
 
@@ -533,12 +530,12 @@ def run(cfg: MineConfig) -> MineOutputs:
             backends.append(role_backend(kind, model, cache=cache, settings=settings, role=role))
         teacher, student = backends
         with (
-            tracking.start_run(run_name=f"mine {cfg.teacher} vs {Path(cfg.student).name}") as active,
+            tracking.start_run(run_name=run_name(cfg, items)) as active,
             tracking.tagging_failure(),
         ):
             for line in resume_from_cache(cfg.cache_path):
                 print(line)
-            log_start(cfg)
+            log_start(cfg, items)
             prompts, judge_template = register_prompts()
             log_prompt_versions(prompts.values())
             result = collect(cfg, items, teacher, student, error_types=error_types, judge_template=judge_template)

@@ -35,7 +35,12 @@ everything downstream of it; a failed step has no hash, so a rerun resumes there
 
 The parent ends with the register step's report (`report/report.md`, `report/subjects.html`:
 base vs trained per subject, accuracy and macro-F1, and the overall paired test), the headline
-metrics, and a summary of which steps ran and which were reused.
+metrics, and a summary of which steps ran and which were reused, which is also its description,
+with a link to every step's run and to the registered version.
+
+The test split is scored by evaluate (and, through its predictions, judged by register), not by
+train: the pipeline runs train with `score_eval=false` (PIPELINE_SETS; `train.score_eval=true`
+in overrides or the train section turns it back on).
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from distill import tracking
+from distill.cli import unset_field
 from distill.errors import ConfigError
 from distill.stages import PIPELINE_STEPS as STEPS
 from distill.stages import STAGES
@@ -86,8 +92,12 @@ WIRING: dict[str, str] = {
     "register.predictions_run": "evaluate.run_id",
 }
 """How the steps are chained: stage field ← an earlier step's output (see `handoff`)."""
-HEADLINE = ("eval/accuracy", "eval/macro_f1", "base/accuracy", "base/macro_f1", "eval/n")
-"""The register run's metrics copied onto the parent (with its `compare/*`)."""
+HEADLINE = ("eval/accuracy", "eval/macro_f1", "eval/n")
+"""The register run's metrics copied onto the parent (with its `compare/*`; the base's figures
+are the base run's, which the register run links to)."""
+PIPELINE_SETS: dict[str, Any] = {"train.score_eval": False}
+"""Stage values the pipeline itself sets (above the pipeline's fields, below a step's section and
+overrides): the test split is evaluate's and register's, not train's."""
 
 
 def _stage_fields(step: str) -> dict[str, dataclasses.Field]:
@@ -99,14 +109,17 @@ def stage_field(target: str) -> Any:
     taken from the stage's dataclass (never typed twice), and routed there."""
     step, name = target.split(".", 1)
     source = _stage_fields(step)[name]
-    metadata = {"help": source.metadata.get("help", ""), ROUTES: (target,)}
+    metadata = {**source.metadata, "help": source.metadata.get("help", ""), ROUTES: (target,)}
     if source.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
         return field(default_factory=source.default_factory, metadata=metadata)  # type: ignore[misc]
     return field(default=source.default, metadata=metadata)
 
 
-def shared_field(default: Any, help: str, routes: tuple[str, ...]) -> Any:
-    """A pipeline field several steps share; `routes` names the stage fields (`step.name`) it sets."""
+def shared_field(default: Any, help: str, routes: tuple[str, ...], unset: str | None = None) -> Any:
+    """A pipeline field several steps share; `routes` names the stage fields (`step.name`) it sets;
+    `unset` names its unset value (`distill.cli.unset_field`)."""
+    if unset is not None:
+        return unset_field(unset, help, default, **{ROUTES: routes})
     return field(default=default, metadata={"help": help, ROUTES: routes})
 
 
@@ -133,7 +146,10 @@ class _PipelineFields:
     )
     student_backend: str = stage_field("mine.student_backend")
     mine_student: str | None = shared_field(
-        None, "Student model name for mine. Empty: example-student under replay, else `student`.", ("mine.student",)
+        None,
+        "Student model name for mine. auto: example-student under replay, else `student`.",
+        ("mine.student",),
+        unset="auto",
     )
     max_seeds: int | None = stage_field("mine.max_items")
     plan: str | None = stage_field("augment.plan")
@@ -152,8 +168,9 @@ class _PipelineFields:
     )
     eval_dataset: str | None = shared_field(
         None,
-        "Test split scored by train, evaluate and register (and decontaminated against by augment). Empty: the bundled eval sample.",
+        "Test split scored by evaluate and judged by register (and decontaminated against by augment). bundled: the bundled eval sample.",
         ("augment.eval_sets", "train.eval_dataset", "evaluate.dataset", "register.dataset"),
+        unset="bundled",
     )
     eval_format: str = shared_field(
         "auto", "Format of eval_dataset.", ("train.eval_format", "evaluate.format", "register.format")
@@ -162,12 +179,10 @@ class _PipelineFields:
     alpha: float = stage_field("register.alpha")
     model_name: str = stage_field("register.model_name")
     alias: str = stage_field("register.alias")
-    overrides: str | None = field(
-        default=None,
-        metadata={
-            "help": "Further stage parameters, comma-separated step.name=value, e.g. 'mine.student_samples=5,train.per_device_batch_size=8'. "
-            "Lowest first: stage default < pipeline parameters < the step's section of --config (train: {beta: 0.2}) < overrides."
-        },
+    overrides: str | None = unset_field(
+        "none",
+        "Further stage parameters, comma-separated step.name=value, e.g. 'mine.student_samples=5,train.per_device_batch_size=8'. "
+        "Lowest first: stage default < pipeline parameters < the step's section of --config (train: {beta: 0.2}) < overrides.",
     )
     reuse: bool = field(
         default=True,
@@ -176,8 +191,8 @@ class _PipelineFields:
         },
     )
     seed: int = shared_field(0, "Seed of every step.", tuple(f"{step}.seed" for step in STEPS))
-    experiment: str | None = field(
-        default=None, metadata={"help": "MLflow experiment of the parent and its steps (default distill-pipeline)."}
+    experiment: str | None = unset_field(
+        "auto", "MLflow experiment of the parent and its steps. auto: distill-pipeline."
     )
     output_dir: str = field(
         default="outputs/pipeline",
@@ -189,6 +204,10 @@ class _PipelineFields:
 
         for name in ("seeds", "mine_student", "plan", "eval_dataset", "overrides", "experiment"):
             setattr(self, name, blank_to_none(getattr(self, name)))
+        for f in dataclasses.fields(self):  # a field's unset word (`unset_field`) means None too
+            value, word = getattr(self, f.name), f.metadata.get("unset")
+            if word and isinstance(value, str) and value.strip().lower() == word:
+                setattr(self, f.name, None)
         for step in STEPS:
             section = getattr(self, step) or {}
             if not isinstance(section, Mapping):
@@ -253,7 +272,7 @@ class PipelineOutputs:
 
 def parse_overrides(text: str | None) -> dict[str, dict[str, Any]]:
     """`mine.student_samples=5,train.epochs=1` -> {"mine": {"student_samples": 5}, "train": {"epochs": 1.0}}."""
-    from distill.cli import converter
+    from distill.cli import field_converter
 
     out: dict[str, dict[str, Any]] = {}
     if not text:
@@ -272,7 +291,7 @@ def parse_overrides(text: str | None) -> dict[str, dict[str, Any]]:
         if name not in hints:
             raise ConfigError(f"overrides: {step} has no parameter {name!r}")
         try:
-            out.setdefault(step, {})[name] = converter(hints[name])(value)
+            out.setdefault(step, {})[name] = field_converter(STAGES[step].config_class(), name)(value)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"overrides: {key}={value!r}: {exc}") from None
     return out
@@ -285,6 +304,7 @@ def step_config(cfg: Any, step: str, upstream: Mapping[str, Mapping[str, str]] |
     it would feed at the stage's default (to look at a config without running anything)."""
     cls = STAGES[step].config_class()
     values = _routed(cfg, step, cls)
+    values.update({k.split(".", 1)[1]: v for k, v in PIPELINE_SETS.items() if k.split(".", 1)[0] == step})
     values.update(_wired(step, upstream or {}))
     values.update(_placed(cfg, step))
     values.update(getattr(cfg, step))
@@ -457,18 +477,28 @@ def _outputs_of(run) -> dict[str, str]:
 
 
 def _record_reuse(step: str, source, digest: str, parent_id: str) -> str:
-    """A child run that says 'this step was reused from <run>', with the source's metrics."""
+    """A child run that says 'this step was reused from <run>' (linked), with the source's
+    headline metrics (not its system metrics: this run did not compute anything)."""
     tags = {
         "distill.stage": step,
         TAG_STEP: step,
         TAG_REUSED: source.info.run_id,
         "distill.reused_step_hash": digest,
         TAG_PARENT: parent_id,
-        "mlflow.note.content": f"Reused: inputs and parameters unchanged since run {source.info.run_id}.",
     }
     tags.update({OUTPUT_TAG + k: v for k, v in _outputs_of(source).items()})
-    with tracking.start_run(run_name=f"{step} (reused)", nested=True, tags=tags) as active:
-        tracking.log_metrics({k: v for k, v in source.data.metrics.items() if isinstance(v, (int, float))})
+    with tracking.start_run(run_name=f"{step} (reused: {source.info.run_name})", nested=True, tags=tags) as active:
+        tracking.log_metrics(
+            {
+                k: v
+                for k, v in source.data.metrics.items()
+                if isinstance(v, (int, float)) and not k.startswith("system/")
+            }
+        )
+        tracking.describe_run(
+            f"Reused: inputs and parameters unchanged since run {source.info.run_id}; its outputs are used.",
+            {"reused from": tracking.run_link(source.info.run_id, source.info.run_name, source.info.experiment_id)},
+        )
         return active.info.run_id
 
 
@@ -505,7 +535,8 @@ def run(cfg: PipelineConfig) -> PipelineOutputs:
     started = time.perf_counter()
     tracking.configure(cfg.experiment, "pipeline")
     results: dict[str, StepResult] = {}
-    with tracking.start_run(run_name="pipeline") as parent:
+    name = f"pipeline {Path(cfg.student).name} ← {cfg.teacher}"
+    with tracking.start_run(run_name=name) as parent, tracking.tagging_failure():
         parent_id = parent.info.run_id
         experiment = tracking.client().get_experiment(parent.info.experiment_id).name
         _log_pipeline(cfg, parent_id, experiment)
@@ -517,6 +548,7 @@ def run(cfg: PipelineConfig) -> PipelineOutputs:
         _log_decision(register)
         summary = summary_text(results, metrics, parent_id, metrics["pipeline/wall_s"])
         tracking.log_artifact(write_text_atomic(Path(cfg.output_dir) / "summary.txt", summary + "\n"))
+        tracking.describe_run(summary, description_links(results))
     print()
     print(summary)
     return PipelineOutputs(
@@ -533,11 +565,15 @@ def run(cfg: PipelineConfig) -> PipelineOutputs:
 
 def _log_pipeline(cfg: PipelineConfig, parent_id: str, experiment: str) -> None:
     """The pipeline's params (a section's values as `<step>.<name>`), config and tags on the parent."""
-    params = tracking.safe_params(cfg)
+    params, tags = tracking.config_params(cfg)  # the step sections are mappings: left out here
     for step in STEPS:
-        params.pop(step, None)
-        params.update(tracking.safe_params({f"{step}.{k}": v for k, v in getattr(cfg, step).items()}))
+        section_params, section_tags = tracking.config_params(
+            {f"{step}.{k}": v for k, v in getattr(cfg, step).items()}
+        )
+        params.update(section_params)
+        tags.update(section_tags)
     tracking.log_params(params)
+    tracking.set_tags(tags)
     tracking.log_config(cfg)
     tracking.set_tags({"distill.stage": "pipeline", "pipeline.steps": " → ".join(STEPS)})
     print(f"pipeline: run {parent_id} in experiment {experiment!r}; steps {' → '.join(STEPS)}")
@@ -601,6 +637,18 @@ def _log_decision(register: StepResult) -> None:
     _log_parent_report(register.source_run_id)
 
 
+def description_links(results: Mapping[str, StepResult]) -> dict[str, str]:
+    """The parent's links: each step's run (the reused one's source), the registered version."""
+    links = {}
+    for step, result in results.items():
+        label = f"{step} (reused)" if result.reused else step
+        links[label] = tracking.run_link(result.source_run_id)
+    register = results.get("register")
+    if register is not None and register.outputs.get("decision") == "registered":
+        links["registered"] = tracking.version_link(register.config.model_name, register.outputs.get("version", ""))
+    return links
+
+
 def summary_text(
     results: Mapping[str, StepResult], metrics: Mapping[str, float], parent_id: str, wall_s: float
 ) -> str:
@@ -614,11 +662,12 @@ def summary_text(
         lines.append(
             f"  {step:<9} {how:<45} {result.seconds:7.1f} s  " + "  ".join(f"{k}={v}" for k, v in detail.items())
         )
-    if "eval/accuracy" in metrics and "base/accuracy" in metrics:
+    if "eval/accuracy" in metrics and "compare/delta_accuracy" in metrics:
+        base_accuracy = metrics["eval/accuracy"] - metrics["compare/delta_accuracy"]  # same items: base = new - Δ
         lines.append(
-            f"test      accuracy {metrics['base/accuracy']:.3f} → {metrics['eval/accuracy']:.3f} "
+            f"test      accuracy {base_accuracy:.3f} → {metrics['eval/accuracy']:.3f} "
             f"(Δ {metrics.get('compare/delta_accuracy', float('nan')):+.3f}, McNemar p={metrics.get('compare/mcnemar_p', float('nan')):.3g}), "
-            f"macro-F1 {metrics.get('base/macro_f1', float('nan')):.3f} → {metrics.get('eval/macro_f1', float('nan')):.3f}"
+            f"macro-F1 of the adapter {metrics.get('eval/macro_f1', float('nan')):.3f}"
         )
     register = results["register"]
     if register.outputs.get("decision") == "registered":

@@ -21,6 +21,13 @@
 5. Reports on the register run: `report/report.md` (the reference study's per-subject table
    and the overall paired test), `report/subjects.html` (plotly, base vs trained, accuracy and
    macro-F1), plus the usual evaluation and comparison artifacts.
+
+In the MLflow UI the run is named after its candidate (`register <model> ← <candidate's name>`);
+its `eval/*` and `compare/*` metrics are linked to the candidate's logged model and the test
+split's dataset (the model's page lists the test it passed or failed); the base's figures are the
+base run's (`distill.eval_cache`), linked; its description is the summary with links to the
+candidate, its sweep, the predictions run, the base run and the new version; the version's
+description is the report.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from distill import tracking
+from distill.cli import unset_field
 from distill.errors import ConfigError
 
 GATES = ("mcnemar", "none")
@@ -46,20 +54,13 @@ _RUN_URI = re.compile(r"runs:/([0-9a-f]{32})/")
 class RegisterConfig:
     """Register the best trained adapter as the champion, if it beats its base on the test split."""
 
-    run_id: str | None = field(
-        default=None,
-        metadata={
-            "help": "The train run to register. Empty: the best run by `metric` under sweep_run, or in source_experiment."
-        },
+    run_id: str | None = unset_field(
+        "auto", "The train run to register. auto: the best run by `metric` under sweep_run, or in source_experiment."
     )
-    sweep_run: str | None = field(
-        default=None, metadata={"help": "A sweep's parent run id: choose among its trials (child runs)."}
-    )
-    source_experiment: str | None = field(
-        default=None,
-        metadata={
-            "help": "Experiment whose finished train runs are the candidates when neither run_id nor sweep_run is given (default distill-train)."
-        },
+    sweep_run: str | None = unset_field("none", "A sweep's parent run id: choose among its trials (child runs).")
+    source_experiment: str | None = unset_field(
+        "auto",
+        "Experiment whose finished train runs are the candidates when neither run_id nor sweep_run is given. auto: distill-train.",
     )
     metric: str = field(
         default="dev/macro_f1",
@@ -68,20 +69,16 @@ class RegisterConfig:
         },
     )
     direction: str = field(default="maximize", metadata={"help": "maximize or minimize `metric`."})
-    dataset: str | None = field(
-        default=None,
-        metadata={
-            "help": "Test split: items scored once, adapter against base. Empty: the candidate's eval_dataset, else the bundled eval sample."
-        },
+    dataset: str | None = unset_field(
+        "auto",
+        "Test split: items scored once, adapter against base. auto: the candidate's eval_dataset (the bundled eval sample when it used that).",
     )
     format: str = field(
         default="auto", metadata={"help": "Format of dataset: auto, competition, kice, kmmlu or jsonl."}
     )
-    predictions_run: str | None = field(
-        default=None,
-        metadata={
-            "help": "An evaluate run that already scored this adapter on this dataset: use its predictions instead of scoring again."
-        },
+    predictions_run: str | None = unset_field(
+        "none",
+        "An evaluate run that already scored this adapter on this dataset: use its predictions instead of scoring again.",
     )
     gate: str = field(
         default="mcnemar",
@@ -99,18 +96,18 @@ class RegisterConfig:
         default=2000, metadata={"help": "Bootstrap resamples for the CI of the accuracy difference."}
     )
     seed: int = field(default=0, metadata={"help": "Seed of the bootstrap."})
-    experiment: str | None = field(
-        default=None, metadata={"help": "MLflow experiment of the register run (default distill-train)."}
-    )
+    experiment: str | None = unset_field("auto", "MLflow experiment of the register run. auto: distill-train.")
     output_dir: str = field(
         default="outputs/register",
         metadata={"help": "Local folder for predictions, comparison and report (also logged as artifacts)."},
     )
 
     def __post_init__(self) -> None:
+        from distill.cli import NONE_WORDS
+
         for name in ("run_id", "sweep_run", "source_experiment", "dataset", "predictions_run", "experiment"):
             value = getattr(self, name)
-            if isinstance(value, str) and not value.strip():
+            if isinstance(value, str) and value.strip().lower() in NONE_WORDS | {"auto"}:
                 setattr(self, name, None)
         self.gate = str(self.gate).strip().lower()
         if self.gate not in GATES:
@@ -336,6 +333,8 @@ class TestScores:
 
     @property
     def metrics(self) -> dict[str, float]:
+        """Every figure (per subject too): the adapter's `eval/*`, the base's as `base/*`, and
+        `compare/*`. The run logs the headline ones and links to the base run for the base's."""
         base = {"base/" + k[len("eval/") :]: v for k, v in self.base.result.metrics.items()}
         return {**self.adapter.metrics, **base, **self.comparison}
 
@@ -354,12 +353,13 @@ def run(cfg: RegisterConfig) -> RegisterOutputs:
             adapter_uris=(candidate.model_uri, candidate.register_uri),
             student=candidate.student,
         )
-    with tracking.start_run(run_name=f"register {cfg.model_name} ← {candidate.run_id[:8]}") as active:
+    name = f"register {cfg.model_name} ← {candidate.run.info.run_name}"
+    with tracking.start_run(run_name=name) as active, tracking.tagging_failure():
         run_id = active.info.run_id
         out_dir = Path(cfg.output_dir) / run_id
-        log_run_inputs(cfg, candidate, dataset, items)
+        test_set = log_run_inputs(cfg, candidate, dataset, items)
         scores = score_test_split(cfg, candidate, items)
-        log_scores(cfg, scores, out_dir)
+        base_run_id = log_scores(cfg, candidate, scores, out_dir, test_set, dataset)
         decision = gate_decision(scores.comparison, gate=cfg.gate, alpha=cfg.alpha)
         version, previous = None, None
         if decision.passed:
@@ -368,12 +368,15 @@ def run(cfg: RegisterConfig) -> RegisterOutputs:
             tracking.set_tags({"distill.register.decision": "refused"})
         tracking.set_tags({"distill.register.reason": decision.reason[:5000]})
         log_report(cfg, candidate, scores, dataset, version, decision, out_dir)
+        if version:
+            describe_version(client, cfg, version, out_dir / "report")
         wall_s = time.perf_counter() - started
         tracking.log_metrics({"register/wall_s": wall_s})
         summary = summary_text(
             cfg, candidate, scores, decision, version, previous, run_id=run_id, dataset=dataset, wall_s=wall_s
         )
         log_outcome(summary, decision, version, candidate, scores, out_dir)
+        tracking.describe_run(summary, description_links(cfg, candidate, base_run_id, version))
     print()
     print(summary)
     return RegisterOutputs(
@@ -394,10 +397,13 @@ def choose_candidate(client, cfg: RegisterConfig) -> Candidate:
     """The candidate train run and what its params say about its adapter."""
     run_, selection, value = _pick_candidate(client, cfg)
     params, tags = run_.data.params, run_.data.tags
-    student = params.get("student")
+    student = tags.get("distill.student") or params.get("student")
     if not student:
         raise ConfigError(f"run {run_.info.run_id} has no 'student' param: is it a distill train run?")
     model_uri = tags["train/model_uri"]
+    # What the run used: `load_in_4bit` as decided (`resolved.` under mlflow run; runs logged
+    # before that convention have `load_in_4bit_resolved`).
+    load_in_4bit = params.get("load_in_4bit_resolved") or tracking.run_param(run_, "load_in_4bit", "false")
     return Candidate(
         run=run_,
         selection=selection,
@@ -405,18 +411,23 @@ def choose_candidate(client, cfg: RegisterConfig) -> Candidate:
         student=student,
         model_uri=model_uri,
         register_uri=tags.get("train/logged_model_uri") or model_uri,
-        thinking=params.get("thinking", "off"),
-        dtype=params.get("dtype", "auto"),
-        load_in_4bit=str(params.get("load_in_4bit_resolved", "False")).lower() == "true",
+        thinking=tracking.run_param(run_, "thinking", "off"),
+        dtype=tracking.run_param(run_, "dtype", "auto"),
+        load_in_4bit=str(load_in_4bit).lower() == "true",
     )
 
 
 def load_test_split(cfg: RegisterConfig, candidate: Candidate) -> tuple[str, list[Any]]:
-    """(dataset path, items): `dataset`, else the candidate's eval_dataset, else the bundled sample."""
+    """(dataset path, items): `dataset`, else the candidate's eval_dataset (its full path is the
+    tag `distill.path.eval_dataset`), else the bundled sample."""
     from distill.data.loaders import load_items
     from distill.resources import resource_path
 
-    dataset = cfg.dataset or candidate.run.data.params.get("eval_dataset") or str(resource_path("eval_sample.jsonl"))
+    recorded = candidate.run.data.tags.get(tracking.PATH_TAG + "eval_dataset")
+    if recorded is None:
+        param = tracking.run_param(candidate.run, "eval_dataset")
+        recorded = None if param in (None, "", "bundled", "auto", "none") else param
+    dataset = cfg.dataset or recorded or str(resource_path("eval_sample.jsonl"))
     if not cfg.dataset and not Path(dataset).is_file():
         raise ConfigError(
             f"the candidate's eval_dataset {dataset!r} is not on this machine; name the test split with -P dataset=..."
@@ -427,11 +438,11 @@ def load_test_split(cfg: RegisterConfig, candidate: Candidate) -> tuple[str, lis
     return dataset, items
 
 
-def log_run_inputs(cfg: RegisterConfig, candidate: Candidate, dataset: str, items: list[Any]) -> None:
-    """Params, config.yaml, tags, the selection metric, the test split as a dataset input."""
+def log_run_inputs(cfg: RegisterConfig, candidate: Candidate, dataset: str, items: list[Any]):
+    """Params, config.yaml, tags, the selection metric, the test split as a dataset input (returned)."""
     from distill.evaluation import log_items_dataset
 
-    tracking.log_params({**tracking.safe_params(cfg), "candidate_run": candidate.run_id, "resolved_dataset": dataset})
+    tracking.log_config_params(cfg, candidate_run=candidate.run_id, test_dataset=dataset)
     tracking.log_config(cfg)
     tracking.set_tags(
         {
@@ -445,7 +456,7 @@ def log_run_inputs(cfg: RegisterConfig, candidate: Candidate, dataset: str, item
     )
     if candidate.selection_value is not None:
         tracking.log_metrics({f"candidate/{cfg.metric}": float(candidate.selection_value)})
-    log_items_dataset(items, source=dataset, name=Path(dataset).stem, context="test")
+    return log_items_dataset(items, source=dataset, name=Path(dataset).stem, context="eval")
 
 
 def score_test_split(cfg: RegisterConfig, candidate: Candidate, items: list[Any]) -> TestScores:
@@ -510,8 +521,12 @@ def score_test_split(cfg: RegisterConfig, candidate: Candidate, items: list[Any]
     return TestScores(adapter=adapter, base=base, scored_now=not cfg.predictions_run, comparison=comparison)
 
 
-def log_scores(cfg: RegisterConfig, scores: TestScores, out_dir: Path) -> None:
-    """Both evaluations, the comparison, and where each side's predictions came from."""
+def log_scores(
+    cfg: RegisterConfig, candidate: Candidate, scores: TestScores, out_dir: Path, test_set: Any, dataset: str
+) -> str | None:
+    """The candidate's evaluation and the comparison (linked to its logged model and the test
+    split), where each side's predictions came from, and the base run (its id)."""
+    from distill.eval_cache import base_run
     from distill.evaluation import log_adapter_vs_base
 
     log_adapter_vs_base(
@@ -524,8 +539,25 @@ def log_scores(cfg: RegisterConfig, scores: TestScores, out_dir: Path) -> None:
         n_boot=cfg.bootstrap_samples,
         seed=cfg.seed,
         out_dir=out_dir,
+        model_id=tracking.logged_model_id(candidate.register_uri),
+        dataset=test_set,
     )
-    tracking.set_tags({"eval.scored": "now" if scores.scored_now else f"predictions_run {cfg.predictions_run}"})
+    base = scores.base.result
+    base_run_id = base_run(
+        scores.base.path.stem,
+        student=candidate.student,
+        split=Path(dataset).name,
+        context="eval",
+        metrics={k.split("/", 1)[1]: v for k, v in base.headline.items()},
+        params={"thinking": candidate.thinking, "load_in_4bit": candidate.load_in_4bit},
+        dataset=test_set,
+        result=base,
+    )
+    tags = {"eval.scored": "now" if scores.scored_now else f"predictions_run {cfg.predictions_run}"}
+    if base_run_id:
+        tags[tracking.BASE_RUN_TAG + "eval"] = base_run_id
+    tracking.set_tags(tags)
+    return base_run_id
 
 
 def register_version(
@@ -554,7 +586,7 @@ def register_version(
         version,
         description=f"Adapter of run {candidate.run_id} on {candidate.student}. Test split {Path(dataset).name} "
         f"({len(items)} items): {decision.reason}.",
-    )
+    )  # replaced by the report once it is written (`describe_version`)
     tracking.set_tags(
         {
             "distill.register.decision": "registered",
@@ -577,22 +609,20 @@ def version_tags(
     items: list[Any],
 ) -> dict[str, str]:
     """The new version's tags: lineage, gate, test metrics and p-value, dataset digests, prompts."""
-    from distill.data.loaders import items_digest
-    from distill.models import resolve_model_path
+    from distill.evaluation import dataset_digest
 
     metrics, comparison, run_tags = scores.metrics, scores.comparison, candidate.run.data.tags
     tags = {
         "distill.source_run": candidate.run_id,
         "distill.register_run": run_id,
         "distill.selection": candidate.selection,
-        "base_model": candidate.student,
-        "base_model_path": resolve_model_path(candidate.student),
+        "base_model": candidate.student,  # as the user named it: never a cache folder
         "adapter": candidate.model_uri,
         "gate": cfg.gate,
         "alpha": str(cfg.alpha),
         "gate.reason": decision.reason[:5000],
         "test_dataset": dataset,
-        "test_dataset.digest": items_digest(items),
+        "test_dataset.digest": dataset_digest(items),
         "prompts": ",".join(lineage_prompts(client, candidate.run)) or "-",
     }
     for name in ("eval/accuracy", "eval/macro_f1", "eval/n", "base/accuracy", "base/macro_f1"):
@@ -605,6 +635,33 @@ def version_tags(
         tags["distill.sweep_run"] = run_tags["distill.sweep.parent_run"]
     tags.update(dataset_tags(candidate.run))
     return tags
+
+
+def describe_version(client, cfg: RegisterConfig, version: str, report_dir: Path) -> None:
+    """The registered version's description: its report (report.md), which holds the per-subject
+    table and the paired test; left as it is when the report is missing."""
+    report = report_dir / "report.md"
+    if report.is_file():
+        client.update_model_version(
+            cfg.model_name, version, description=tracking.redact(report.read_text(encoding="utf-8"))[:60000]
+        )
+
+
+def description_links(
+    cfg: RegisterConfig, candidate: Candidate, base_run_id: str | None, version: str | None
+) -> dict[str, str]:
+    """The runs a register run used and the version it made, as markdown links."""
+    links = {"candidate": tracking.run_link(candidate.run_id)}
+    sweep = candidate.run.data.tags.get("distill.sweep.parent_run")
+    if sweep:
+        links["sweep"] = tracking.run_link(sweep)
+    if cfg.predictions_run:
+        links["predictions from"] = tracking.run_link(cfg.predictions_run)
+    if base_run_id:
+        links["base model on the test split"] = tracking.run_link(base_run_id)
+    if version:
+        links["registered"] = tracking.version_link(cfg.model_name, version)
+    return links
 
 
 def log_report(

@@ -6,7 +6,12 @@ How one sweep is laid out in MLflow and Optuna:
   metric of the train run: never the eval/test set), its direction, the sampler and the pruner.
 - The parent MLflow run is opened here, explicitly (Optuna's MLflowCallback with nested runs
   leaves the parent out); each trial is `distill.stages.train.run` as a nested child run, tagged
-  with the study, the trial number, the parent and the worker. Its id is stored on the trial
+  with the study, the trial number, the parent and the worker, and named after what it tried
+  (`trial 3 orpo λ=0.13 r=8 lr=1.6e-4 pairs=16`: the train run's label with every varied
+  parameter; float samples are rounded to 4 significant digits before training, so the name,
+  the params and the adapter agree). Trials train with `score_eval=false`: they are scored on
+  the dev split only, never on the test split, which `register` scores once for the chosen
+  trial (a train run refuses a trial's tags with `score_eval=true`). Its id is stored on the trial
   (`mlflow_run_id`), and the parent's id on the study (user attr `mlflow_parent_run_id`), so a
   resumed sweep and every worker of a distributed one log under the same parent
   (`distill.sweep_runs`).
@@ -15,7 +20,8 @@ How one sweep is laid out in MLflow and Optuna:
   trial, and the pruner (median, percentile, Hyperband, threshold or none) may stop it.
   A pruned trial is PRUNED in Optuna and its child run is KILLED, tagged
   `distill.sweep.trial_state=PRUNED`.
-- A trial that raises is FAIL in Optuna and its child run FAILED, with the traceback as the
+- A trial that raises is FAIL in Optuna and its child run FAILED, tagged with a short reason
+  (`distill.failure_reason`, and the message of a distill error), with the traceback as the
   artifact `error.txt`; the study goes on. GPU memory is freed after every trial.
 - Storage: any SQLAlchemy URL (`sqlite:///optuna.db` by default, `postgresql://...` for many
   workers on many machines). The study is loaded if it exists, so a killed sweep resumes.
@@ -31,9 +37,14 @@ How one sweep is laid out in MLflow and Optuna:
   and a resumed sweep, draws its own seed, so that parallel workers never propose the same
   parameters in lockstep. Every trial trains with the same `seed`, so all are measured on
   the same dev split.
-- At the end each worker logs to the parent: best value, parameters and trial, counts per
-  state, Optuna's optimization history, parameter importances (from 2 complete trials on),
-  parallel-coordinate and intermediate-value plots (plotly HTML), and the trials table.
+- At the end each worker logs to the parent: best value, the best trial's parameters (tags
+  `best.<name>`) and dev metrics (`dev/*`, copied), counts per state, Optuna's optimization
+  history, parameter importances (from 2 complete trials on), parallel-coordinate and
+  intermediate-value plots (plotly HTML), the trials table, and its description: the summary
+  with links to the best trial and every trial. Parent and trials record system metrics.
+- Under `mlflow run` (MLFLOW_RUN_ID and MLFLOW_EXPERIMENT_ID set) the experiment is the one
+  `mlflow run` chose, with or without --experiment-name: the run it made becomes the parent (or,
+  for a study that has one, points to it).
 """
 
 from __future__ import annotations
@@ -51,6 +62,7 @@ from pathlib import Path
 from typing import Any
 
 from distill import tracking
+from distill.cli import unset_field
 from distill.errors import ConfigError, DistillError, InputError
 from distill.optuna_storage import (
     OUTCOME_ATTR,
@@ -97,51 +109,36 @@ class SweepConfig:
             "help": "Search space YAML (see sweeps/default.yaml). A bare name such as 'quick' means sweeps/quick.yaml."
         },
     )
-    n_trials: int | None = field(
-        default=None,
-        metadata={
-            "help": "Finished trials the study should have in total (a resumed or shared study runs only what is missing). Empty: the space file's n_trials."
-        },
+    n_trials: int | None = unset_field(
+        "auto",
+        "Finished trials the study should have in total (a resumed or shared study runs only what is missing). auto: the space file's n_trials.",
     )
     storage: str = field(
         default="sqlite:///optuna.db",
         metadata={"help": "Optuna storage, any SQLAlchemy URL (postgresql://user:pass@host/db for many workers)."},
     )
-    study_name: str | None = field(
-        default=None,
-        metadata={
-            "help": "Optuna study (loaded when it exists, so a killed sweep resumes). Empty: the space file's study_name."
-        },
+    study_name: str | None = unset_field(
+        "auto", "Optuna study (loaded when it exists, so a killed sweep resumes). auto: the space file's study_name."
     )
-    objective: str | None = field(
-        default=None,
-        metadata={
-            "help": "Dev metric to optimise: dev/macro_f1, dev/accuracy, dev/reward_accuracy or dev/margin. Empty: the space file's."
-        },
+    objective: str | None = unset_field(
+        "auto",
+        "Dev metric to optimise: dev/macro_f1, dev/accuracy, dev/reward_accuracy or dev/margin. auto: the space file's.",
     )
-    student: str | None = field(
-        default=None,
-        metadata={
-            "help": "Base model of every trial (overrides the space file's fixed.student). Empty: as the space file says, else tiny-qwen3."
-        },
+    student: str | None = unset_field(
+        "auto",
+        "Base model of every trial (overrides the space file's fixed.student). auto: as the space file says, else tiny-qwen3.",
     )
-    pairs: str | None = field(
-        default=None,
-        metadata={
-            "help": "Preference pairs of every trial: a path or runs:/<id>/pairs. Empty: as the space file says, else the bundled example pairs."
-        },
+    pairs: str | None = unset_field(
+        "auto",
+        "Preference pairs of every trial: a path or runs:/<id>/pairs. auto: as the space file says, else the bundled example pairs.",
     )
-    eval_dataset: str | None = field(
-        default=None,
-        metadata={
-            "help": "Eval items every trial is scored on (reported, never optimised). Empty: as the space file says, else the bundled eval sample."
-        },
+    eval_dataset: str | None = unset_field(
+        "auto",
+        "The test split recorded in every trial's config, for register to score the chosen trial on; trials never score it. auto: as the space file says, else the bundled eval sample.",
     )
-    train_overrides: str | None = field(
-        default=None,
-        metadata={
-            "help": "Comma list of train parameters for every trial, applied after the space file's fixed ones, e.g. 'max_steps=20,epochs=1'."
-        },
+    train_overrides: str | None = unset_field(
+        "none",
+        "Comma list of train parameters for every trial, applied after the space file's fixed ones, e.g. 'max_steps=20,epochs=1'.",
     )
     seed: int = field(
         default=0,
@@ -149,11 +146,11 @@ class SweepConfig:
             "help": "Seed of every trial's training and dev split, and of the sampler in the worker that creates the study."
         },
     )
-    timeout_s: float | None = field(
-        default=None, metadata={"help": "This worker starts no new trial after this many seconds. Empty: no limit."}
+    timeout_s: float | None = unset_field(
+        "none", "This worker starts no new trial after this many seconds. none: no limit."
     )
-    experiment: str | None = field(
-        default=None, metadata={"help": "MLflow experiment of the parent and trial runs (default distill-sweep)."}
+    experiment: str | None = unset_field(
+        "auto", "MLflow experiment of the parent and trial runs. auto: distill-sweep (mlflow run's, under mlflow run)."
     )
     output_dir: str = field(
         default="outputs/sweep", metadata={"help": "Local folder for the trials' adapters and the sweep's plots."}
@@ -162,7 +159,8 @@ class SweepConfig:
     def __post_init__(self) -> None:
         for name in ("study_name", "objective", "student", "pairs", "eval_dataset", "train_overrides", "experiment"):
             value = getattr(self, name)
-            if isinstance(value, str) and not value.strip():
+            word = next(f for f in dataclasses.fields(self) if f.name == name).metadata.get("unset", "")
+            if isinstance(value, str) and value.strip().lower() in ("", word):
                 setattr(self, name, None)
         if not str(self.storage or "").strip():
             raise ConfigError("storage is empty: give a SQLAlchemy URL such as sqlite:///optuna.db")
@@ -197,6 +195,7 @@ class SweepOutputs:
     best_run_id: str | None
     wall_s: float
     summary: str
+    experiment: str = ""
 
 
 @dataclass
@@ -207,8 +206,12 @@ class _TrialResult:
     """complete, pruned or fail."""
     value: float | None = None
     message: str = ""
+    """What happened, for the console (a failure's full message)."""
+    reason: str = ""
+    """What happened, for the child run's tag: the pruning note, or a failure's short reason."""
     error_text: str = ""
     suggested: dict[str, Any] = field(default_factory=dict)
+    failure_tags: dict[str, str] = field(default_factory=dict)
 
 
 def run(cfg: SweepConfig) -> SweepOutputs:
@@ -218,11 +221,15 @@ def run(cfg: SweepConfig) -> SweepOutputs:
     started = time.perf_counter()
     space, n_trials, study_name = _plan(cfg)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    env_run_id = os.environ.pop("MLFLOW_RUN_ID", None)  # decided below: parent, or pointer to the parent
+    # First, while MLFLOW_RUN_ID still says we run under `mlflow run`: then configure leaves the
+    # experiment `mlflow run` chose (MLFLOW_EXPERIMENT_ID) in place, and the run it made joins
+    # there (setting distill-sweep instead is what MLflow refuses with "active experiment ID
+    # does not match environment run ID").
     tracking.configure(cfg.experiment, "sweep")
+    env_run_id = os.environ.pop("MLFLOW_RUN_ID", None)  # decided below: parent, or pointer to the parent
     study, parent_id, experiment = _join_study(cfg, space, study_name, env_run_id)
     folder = Path(cfg.output_dir) / study_name
-    with tracking.resume_run(parent_id):
+    with tracking.resume_run(parent_id, system_metrics=True), tracking.tagging_failure():
         _log_sweep(cfg, space, study_name, n_trials, parent_id)
         records = _run_trials(
             study,
@@ -235,6 +242,7 @@ def run(cfg: SweepConfig) -> SweepOutputs:
             started=started,
         )
         outputs = _finish(study, space, folder, parent_id=parent_id, records=records, started=started)
+        outputs.experiment = experiment
     print()
     print(outputs.summary)
     return outputs
@@ -308,8 +316,7 @@ def _log_sweep(cfg: SweepConfig, space: SweepSpace, study_name: str, n_trials: i
     one): the first worker's values stand."""
     params = {
         "study_name": study_name,
-        "storage": redact_storage(cfg.storage),
-        "space": str(space.path),
+        "space": Path(space.path).stem,
         "objective": space.objective,
         "direction": space.direction,
         "pruner": json.dumps(space.pruner, sort_keys=True),
@@ -328,6 +335,8 @@ def _log_sweep(cfg: SweepConfig, space: SweepSpace, study_name: str, n_trials: i
             TAG_STUDY: study_name,
             "sweep.n_trials": n_trials,
             "sweep.objective": space.objective,
+            "distill.storage": redact_storage(cfg.storage),
+            tracking.PATH_TAG + "space": str(Path(space.path).resolve()),
         }
     )
     with contextlib.suppress(Exception):
@@ -386,11 +395,12 @@ def _run_trial(
         study,
         trial,
         outcome=result.outcome,
-        message=result.message,
+        message=result.reason,
         error_text=result.error_text,
         parent_id=parent_id,
         tags=tags,
         suggested=result.suggested,
+        failure_tags=result.failure_tags,
     )
     state = _tell(study, trial, result, run_id)
     return TrialRecord(
@@ -422,7 +432,14 @@ def _train_trial(
     try:
         result.suggested = suggest(trial, space.params)
         train_cfg = TrainConfig(**trial_kwargs(space, cfg, result.suggested, experiment=experiment))
-        outputs = run_train(train_cfg, on_dev_eval=_reporter(trial, space), run_tags=tags)
+        assert not train_cfg.score_eval, "a trial never scores the test split"
+        outputs = run_train(
+            train_cfg,
+            on_dev_eval=_reporter(trial, space),
+            run_tags=tags,
+            name_prefix=f"trial {trial.number}",
+            name_fields=tuple(p.name for p in space.params),
+        )
         value = outputs.metrics.get(space.objective)
         if value is None or not math.isfinite(float(value)):
             raise DistillError(
@@ -431,6 +448,7 @@ def _train_trial(
         result.outcome, result.value = "complete", float(value)
     except optuna.TrialPruned as exc:
         result.outcome, result.message = "pruned", str(exc)
+        result.reason = result.message
     except KeyboardInterrupt:
         close_stray_runs(parent_id, "KILLED")
         with contextlib.suppress(Exception):
@@ -438,7 +456,11 @@ def _train_trial(
         raise
     except Exception as exc:  # any failure is this trial's, never the study's
         result.outcome, result.message = "fail", f"{type(exc).__name__}: {exc}"
-        result.error_text = traceback.format_exc()
+        result.failure_tags = tracking.failure_tags(exc)
+        result.reason = (
+            result.failure_tags.get(tracking.FAILURE_TAG) or result.failure_tags[tracking.FAILURE_REASON_TAG]
+        )
+        result.error_text = tracking.redact(traceback.format_exc())
     finally:
         close_stray_runs(parent_id, "FAILED")
     return result
@@ -491,6 +513,7 @@ def trial_kwargs(
         seed=cfg.seed,
         output_dir=str(Path(cfg.output_dir) / "trials"),
         dev_eval_steps=space.dev_eval_steps,
+        score_eval=False,  # the test split is register's, once, for the chosen trial
     )
     return kwargs
 
@@ -506,6 +529,7 @@ def _finish(
     wall_s = time.perf_counter() - started
     summary = summary_text(study.study_name, parent_id, trials, space, best, wall_s, len(records))
     tracking.log_artifact(write_text_atomic(folder / "summary.txt", summary + "\n"))
+    tracking.describe_run(summary, parent_links(trials, best))
     states = [t.state.name for t in trials]
     return SweepOutputs(
         study_name=study.study_name,
@@ -520,6 +544,20 @@ def _finish(
         wall_s=wall_s,
         summary=summary,
     )
+
+
+def parent_links(trials: list[Any], best: Mapping[str, Any], limit: int = 30) -> dict[str, str]:
+    """The parent's description links: the best trial, then the trials (the first `limit`)."""
+    from distill.sweep_runs import RUN_ATTR
+
+    links: dict[str, str] = {}
+    if best.get("run_id"):
+        links["best trial"] = tracking.run_link(best["run_id"])
+    for t in sorted(trials, key=lambda t: t.number)[:limit]:
+        run_id = t.user_attrs.get(RUN_ATTR)
+        if run_id:
+            links[f"trial {t.number} ({t.state.name.lower()})"] = tracking.run_link(run_id)
+    return links
 
 
 def _fmt_params(params: Mapping[str, Any]) -> str:

@@ -16,16 +16,32 @@ What one run does, in order (each a step of `run`):
      runs peft's `prepare_model_for_kbit_training` and wraps the model with the LoRA config;
    - `lora`: plain LoRA, fp32 on CPU (bf16/fp16 on a GPU without bitsandbytes).
    The tag `train/backend` says which ran, `train/backend_notes` why the others did not;
-3. score: reloads the saved adapter the way every later stage will (`load_student(student,
-   adapter=dir)`) and measures, on that one model: dev metrics with the adapter (`dev/*`) and
-   without it (`base_dev/*`): preference accuracy and mean chosen-minus-rejected log-prob
-   margin on the dev pairs, MCQ logit accuracy and macro-F1 on their problems; then the eval
-   set with the adapter (`eval/*`) and without (`base/*`, cached on disk across runs and shared
-   with `register`: `distill.eval_cache`) and the paired comparison (`compare/*`). A sweep
-   optimises `dev/*`, never the eval set;
-4. log: the adapter as a pyfunc model (`distill.adapter_model`), name `adapter`, so that
-   `runs:/<run_id>/adapter` loads with `load_student(student, adapter=...)` or
-   `mlflow.pyfunc.load_model`; then the one-screen summary.
+3. log the model: the adapter as a pyfunc model (`distill.adapter_model`) named after the run
+   (`run_label`: `orpo λ=0.13 r=8 lr=1.6e-4 pairs=59`), so that `runs:/<run_id>/<that name>`
+   (the tag `train/model_uri`) loads with `load_student(student, adapter=...)` or
+   `mlflow.pyfunc.load_model`;
+4. score: reloads the saved adapter the way every later stage will (`load_student(student,
+   adapter=dir)`) and measures, on that one model: the dev split with the adapter (`dev/*`:
+   preference accuracy and mean chosen-minus-rejected log-prob margin on the dev pairs, MCQ
+   logit accuracy and macro-F1 on their problems) and, with `score_eval` (the default), the
+   eval set (the test split: `eval/*`) and the paired comparison with the base (`compare/*`).
+   The base model's own figures, on the dev split and the eval set, are measured once per
+   (base, split) and cached on disk (`distill.eval_cache`, shared with `register`); they are
+   the metrics of a *base run* in the same experiment, which this run links to (tags
+   `distill.base_run.dev`/`.eval`, its description) instead of repeating them. A sweep's trials
+   run with `score_eval=false`: they optimise `dev/*` and never look at the test split;
+5. log the scores, linked to the logged model and to their dataset (the model's page lists
+   what it was trained and evaluated on), the subjects table, and the one-screen summary, which
+   is also the run's description, with links to the runs it used (the pairs' producer, the
+   base runs, a sweep's parent) and to the model it made.
+
+What a run shows in the MLflow UI (docs/design.md, "MLflow conventions"): about twenty headline
+metrics (`compare/*`, `dev/*`, `eval/*`, `train/*` of TRL's figures the ones in
+`distill.training.TRAIN_STEP_METRICS`, `train/wall_s`) plus system metrics (`system/*`: CPU,
+memory, GPU); params with the values the run used (`n_pairs` = pairs trained, `load_in_4bit` and
+`use_unsloth` as decided, `compute_dtype`), paths as `distill.path.*` tags; the training pairs
+(context `training`, source the producing run's `runs:/` URI or the user's file, digest
+`tracking.rows_digest` of the rows as read), the dev split (`dev`) and the eval set (`eval`).
 
 Under `accelerate launch` every process trains its shard of each batch (DDP); only rank 0 opens
 the MLflow run, saves the adapter, evaluates and logs.
@@ -36,14 +52,15 @@ from __future__ import annotations
 import json
 import math
 import time
-import warnings
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from distill import tracking
+from distill.cli import unset_field
 from distill.errors import ConfigError
+from distill.sweep_runs import TAG_TRIAL as TRIAL_TAG
 from distill.training import (
     Backend,
     OverlongReport,
@@ -63,6 +80,8 @@ from distill.training import (
 
 TRI_STATE = ("auto", "true", "false")
 OVERLONG_MODES = ("drop", "truncate")
+NAME_FIELDS = {"beta": "λ", "lora_rank": "r", "learning_rate": "lr"}
+"""The train parameters a run's name shows (with the pairs trained), as `λ=0.13 r=8 lr=1.6e-4`."""
 
 
 @dataclass
@@ -75,17 +94,13 @@ class TrainConfig:
             "help": "Base model: a Hugging Face id, a local directory, or tiny-qwen3[@seed] (built locally, no download)."
         },
     )
-    pairs: str | None = field(
-        default=None,
-        metadata={
-            "help": "Preference pairs: a .jsonl file, a folder with pairs.jsonl or a saved HF dataset, or an MLflow URI (runs:/<id>/pairs). Empty: the bundled example pairs."
-        },
+    pairs: str | None = unset_field(
+        "bundled",
+        "Preference pairs: a .jsonl file, a folder with pairs.jsonl or a saved HF dataset, or an MLflow URI (runs:/<id>/pairs). bundled: the bundled example pairs.",
     )
-    n_pairs: int | None = field(
-        default=None,
-        metadata={
-            "help": "Train on this many pairs, drawn per subject in proportion (seeded), after the dev split. Empty or 0: all."
-        },
+    n_pairs: int | None = unset_field(
+        "all",
+        "Train on this many pairs, drawn per subject in proportion (seeded), after the dev split. all (or 0): all. The run's param is the number trained.",
     )
     beta: float = field(
         default=0.1, metadata={"help": "ORPO's λ: weight of the odds-ratio term against the NLL of the chosen answer."}
@@ -145,8 +160,8 @@ class TrainConfig:
     seed: int = field(
         default=0, metadata={"help": "Seed of the dev split, the subsample, LoRA init, data order and the bootstrap."}
     )
-    eval_dataset: str | None = field(
-        default=None, metadata={"help": "MCQ items to evaluate base and adapter on. Empty: the bundled eval sample."}
+    eval_dataset: str | None = unset_field(
+        "bundled", "MCQ items to evaluate base and adapter on (the test split). bundled: the bundled eval sample."
     )
     eval_format: str = field(
         default="auto", metadata={"help": "Format of eval_dataset: auto, competition, kice, kmmlu or jsonl."}
@@ -159,7 +174,15 @@ class TrainConfig:
     bootstrap_samples: int = field(
         default=2000, metadata={"help": "Bootstrap resamples for the CI of the accuracy difference."}
     )
-    experiment: str | None = field(default=None, metadata={"help": "MLflow experiment (default distill-train)."})
+    score_eval: bool = field(
+        default=True,
+        metadata={
+            "help": "Also score eval_dataset (the test split): eval/* and compare/* against the base. A sweep's trials run with false: they see the dev split only."
+        },
+    )
+    experiment: str | None = unset_field(
+        "auto", "MLflow experiment. auto: distill-train (a parent run's, inside one)."
+    )
     output_dir: str = field(
         default="outputs/train",
         metadata={"help": "Local folder for the adapter and run files (one subfolder per run)."},
@@ -181,16 +204,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         from distill.data.prompts import parse_thinking
-        from distill.resources import resource_path
 
         for name in ("pairs", "eval_dataset", "experiment"):
             value = getattr(self, name)
-            if isinstance(value, str) and not value.strip():
+            if isinstance(value, str) and (not value.strip() or value.strip().lower() in ("bundled", "auto")):
                 setattr(self, name, None)
-        if self.pairs is None:
-            self.pairs = str(resource_path("example_pairs.jsonl"))
-        if self.eval_dataset is None:
-            self.eval_dataset = str(resource_path("eval_sample.jsonl"))
         if self.n_pairs is not None and self.n_pairs < 0:
             raise ConfigError(f"n_pairs must be >= 0 (0 or empty: all), got {self.n_pairs}")
         if self.n_pairs == 0:
@@ -237,12 +255,26 @@ class TrainConfig:
         if self.dev_eval_steps < 0:
             raise ConfigError(f"dev_eval_steps must be >= 0 (0: only after training), got {self.dev_eval_steps}")
 
+    @property
+    def pairs_source(self) -> str:
+        """The pairs to read: `pairs`, or the bundled example pairs when unset."""
+        from distill.resources import resource_path
+
+        return self.pairs or str(resource_path("example_pairs.jsonl"))
+
+    @property
+    def eval_source(self) -> str:
+        """The eval items to read: `eval_dataset`, or the bundled eval sample when unset."""
+        from distill.resources import resource_path
+
+        return self.eval_dataset or str(resource_path("eval_sample.jsonl"))
+
 
 @dataclass
 class TrainOutputs:
     run_id: str
     model_uri: str
-    """`runs:/<run_id>/adapter`."""
+    """`runs:/<run_id>/<model name>`."""
     logged_model_uri: str
     """What MLflow returned for the logged model (`models:/<model id>`)."""
     adapter_dir: Path
@@ -253,9 +285,11 @@ class TrainOutputs:
     steps: int
     final_loss: float
     metrics: dict[str, float]
-    """`dev/*`, `base_dev/*`, `eval/*`, `base/*` and `compare/*`."""
+    """`dev/*`, `base_dev/*` and, when the eval set was scored, `eval/*`, `base/*` and
+    `compare/*` (every figure, per subject too; the run logs the headline ones)."""
     wall_s: float
     summary: str
+    run_name: str = ""
 
 
 @dataclass
@@ -264,6 +298,8 @@ class TrainData:
 
     pairset: Any
     """`distill.pairs.PairSet`: the pairs as loaded, and where from."""
+    dev_pairs: list[Any]
+    """The dev split's pairs (`PreferencePair`), whose rows are its dataset digest."""
     rows: list[dict[str, Any]]
     """TRL rows to train on (over-long ones dropped or left for truncation)."""
     dev_rows: list[dict[str, Any]]
@@ -271,6 +307,7 @@ class TrainData:
     """The dev pairs' problems (MCQ items) for dev accuracy and macro-F1."""
     overlong: OverlongReport
     eval_items: list[Any]
+    """The test split's items; empty when the run does not score it (`score_eval=false`)."""
     student_path: str
     dtype_name: str
     """The compute dtype on the backend's device (`bfloat16`, `float16`, `float32`)."""
@@ -278,41 +315,67 @@ class TrainData:
 
 @dataclass
 class Scores:
-    """The trained adapter and its base on the dev split and the eval set."""
+    """The trained adapter and its base on the dev split and (with `score_eval`) the eval set."""
 
     dev: dict[str, float]
-    dev_base: dict[str, float]
-    adapter_eval: Any
-    """`distill.evaluation.EvalResult` with the adapter."""
-    base_eval: Any
-    """The same without the adapter (from the cache when `cache_hit`)."""
-    cache_hit: bool
-    cache_file: Path
+    dev_base: Any
+    """`distill.eval_cache.CachedDev`: the base on the dev split (from the cache when `hit`)."""
+    adapter_eval: Any = None
+    """`distill.evaluation.EvalResult` with the adapter (None without `score_eval`)."""
+    base_eval: Any = None
+    """`distill.eval_cache.CachedEval`: the same items without the adapter."""
     comparison: dict[str, float] = field(default_factory=dict)
 
     @property
     def metrics(self) -> dict[str, float]:
         metrics = {f"dev/{k}": v for k, v in self.dev.items()}
-        metrics.update({f"base_dev/{k}": v for k, v in self.dev_base.items()})
-        metrics.update(self.adapter_eval.metrics)
-        metrics.update({"base/" + k[len("eval/") :]: v for k, v in self.base_eval.metrics.items()})
-        metrics.update(self.comparison)
+        metrics.update({f"base_dev/{k}": v for k, v in self.dev_base.metrics.items()})
+        if self.adapter_eval is not None:
+            metrics.update(self.adapter_eval.metrics)
+            metrics.update({"base/" + k[len("eval/") :]: v for k, v in self.base_eval.result.metrics.items()})
+            metrics.update(self.comparison)
         return metrics
+
+
+@dataclass
+class Logged:
+    """What the run logged that later steps link to."""
+
+    run_id: str
+    experiment_id: str
+    name: str
+    model_uri: str = ""
+    logged_model_uri: str = ""
+    model_id: str | None = None
+    datasets: dict[str, Any] = field(default_factory=dict)
+    """MLflow datasets by context (training, dev, eval), to link metrics to."""
+    base_runs: dict[str, str] = field(default_factory=dict)
+    """Base run ids by context (dev, eval)."""
 
 
 # --------------------------------------------------------------------------------------------
 # The stage
 
 
-def run(cfg: TrainConfig, *, on_dev_eval=None, run_tags: dict[str, str] | None = None) -> TrainOutputs:
-    """Prepare, train, score, log, summarise (see the module docstring).
+def run(
+    cfg: TrainConfig,
+    *,
+    on_dev_eval=None,
+    run_tags: dict[str, str] | None = None,
+    name_prefix: str = "train",
+    name_fields: tuple[str, ...] = (),
+) -> TrainOutputs:
+    """Prepare, train, log the model, score, log, summarise (see the module docstring).
 
     `on_dev_eval(step, metrics)`, when given, is called after each intermediate dev measurement
     (every `cfg.dev_eval_steps` steps; metrics named as in `distill.training.dev_metrics`, without
     prefix); an exception it raises ends the run (its MLflow run is then marked FAILED).
     `run_tags` are set on the MLflow run when it starts (a sweep links trials to its parent with
-    them)."""
+    them). The run is named `<name_prefix> <run_label>`; `name_fields` adds train parameters to
+    the label (a sweep's varied ones)."""
     started = time.perf_counter()
+    if run_tags and run_tags.get(TRIAL_TAG) and cfg.score_eval:
+        raise ConfigError("a sweep trial scores the dev split only: score_eval must be false")
     backend = decide_backend(cfg.load_in_4bit, cfg.use_unsloth)  # first: Unsloth must precede transformers
     data = prepare(cfg, backend)
     rank, _ = distributed_rank()
@@ -321,19 +384,31 @@ def run(cfg: TrainConfig, *, on_dev_eval=None, run_tags: dict[str, str] | None =
         return None  # type: ignore[return-value]
 
     tracking.configure(cfg.experiment, "train")
-    with tracking.start_run(run_name=f"train {Path(cfg.student).name} orpo", tags=run_tags) as active:
-        run_id = active.info.run_id
-        run_dir = Path(cfg.output_dir) / run_id
+    name = f"{name_prefix} {run_label(cfg, len(data.rows), name_fields)}"
+    with tracking.start_run(run_name=name, tags=run_tags, system_metrics=True) as active, tracking.tagging_failure():
+        logged = Logged(active.info.run_id, active.info.experiment_id, name)
+        run_dir = Path(cfg.output_dir) / logged.run_id
         run_dir.mkdir(parents=True, exist_ok=True)
-        log_run_inputs(cfg, backend, data, run_dir)
+        log_run_inputs(cfg, backend, data, run_dir, logged)
         result = train_adapter(cfg, backend, data, run_dir, on_dev_eval=on_dev_eval)
+        log_adapter(cfg, backend, data, result, logged)
         scores = score_adapter(cfg, backend, data, result.adapter_dir)
-        log_scores(cfg, scores, run_dir)
-        model_uri, logged_model_uri = log_adapter(cfg, backend, data, result, run_id)
-        outputs = finish(cfg, backend, data, result, scores, run_id, model_uri, logged_model_uri, started)
+        log_scores(cfg, backend, data, scores, result, run_dir, logged)
+        outputs = finish(cfg, backend, data, result, scores, logged, started, run_tags or {})
     print()
     print(outputs.summary)
     return outputs
+
+
+def run_label(cfg: TrainConfig, n_pairs: int, extra: tuple[str, ...] = ()) -> str:
+    """What tells this run from others: `orpo λ=0.13 r=8 lr=1.6e-4 pairs=59` (the pairs actually
+    trained), and any `extra` train parameter as `name=value`."""
+    parts = ["orpo", *(f"{symbol}={tracking.short_number(getattr(cfg, f))}" for f, symbol in NAME_FIELDS.items())]
+    parts.append(f"pairs={n_pairs}")
+    for name in extra:
+        if name not in NAME_FIELDS and name != "n_pairs":
+            parts.append(f"{name}={tracking.short_number(getattr(cfg, name))}")
+    return " ".join(parts)
 
 
 # -- prepare
@@ -349,13 +424,15 @@ def prepare(cfg: TrainConfig, backend: Backend) -> TrainData:
     from distill.pairs import load_pairs, select_pairs
     from distill.training import dev_items
 
-    pairset = load_pairs(cfg.pairs)
+    pairset = load_pairs(cfg.pairs_source)
     train_pairs, dev_pairs = select_pairs(
         pairset.pairs, n_pairs=cfg.n_pairs, dev_fraction=cfg.dev_fraction, seed=cfg.seed
     )
-    eval_items = load_items(cfg.eval_dataset, cfg.eval_format, require_answer=True)
-    if not eval_items:
-        raise ConfigError(f"eval_dataset {cfg.eval_dataset} has no items")
+    eval_items = []
+    if cfg.score_eval:
+        eval_items = load_items(cfg.eval_source, cfg.eval_format, require_answer=True)
+        if not eval_items:
+            raise ConfigError(f"eval_dataset {cfg.eval_source} has no items")
     student_path = resolve_model_path(cfg.student)
     tokenizer = AutoTokenizer.from_pretrained(student_path)
     thinking = cfg.thinking == "on"
@@ -374,6 +451,7 @@ def prepare(cfg: TrainConfig, backend: Backend) -> TrainData:
         )
     return TrainData(
         pairset=pairset,
+        dev_pairs=dev_pairs,
         rows=rows,
         dev_rows=preference_rows(dev_pairs, tokenizer, thinking=thinking),
         dev_problems=dev_items(dev_pairs),
@@ -419,9 +497,10 @@ def train_adapter(
 
 def score_adapter(cfg: TrainConfig, backend: Backend, data: TrainData, adapter_dir: Path) -> Scores:
     """Reload the saved adapter exactly as later stages will, and measure everything on that one
-    model: the dev split with and without the adapter, the eval set with it, the base on the eval
-    set (adapter disabled, through the cache shared with register), the paired comparison."""
-    from distill.eval_cache import cached_base_eval
+    model: the dev split with the adapter, and without it through the base cache; with
+    `score_eval`, the eval set with it, the base on the eval set (adapter disabled, through the
+    cache shared with register) and the paired comparison."""
+    from distill.eval_cache import cached_base_dev, cached_base_eval
     from distill.evaluation import compare_predictions, evaluate_items
     from distill.models import load_student
 
@@ -434,141 +513,143 @@ def score_adapter(cfg: TrainConfig, backend: Backend, data: TrainData, adapter_d
     )
     measure = dev_measure(cfg, data, tokenizer)
     dev = measure(model)
-    with model.disable_adapter():
-        dev_base = measure(model)
-    adapter_eval = evaluate_items(
-        model, tokenizer, data.eval_items, thinking=cfg.thinking, batch_size=cfg.eval_batch_size, progress=True
-    )
-    base = cached_base_eval(
-        data.eval_items,
-        load=lambda loaded=(model, tokenizer): loaded,  # the model in hand; bound now, freed below
+
+    def measure_base(model=model, measure=measure) -> dict[str, float]:  # bound now, freed below
+        with model.disable_adapter():
+            return measure(model)
+
+    model_key = dict(
         student=cfg.student,
         student_path=data.student_path,
         thinking=cfg.thinking,
         load_in_4bit=backend.load_in_4bit,
         dtype=data.dtype_name,
-        batch_size=cfg.eval_batch_size,
     )
-    del model, tokenizer, measure
+    dev_base = cached_base_dev(
+        measure_base,
+        rows_digest=dev_digest(data),
+        max_length=cfg.max_length,
+        max_prompt_length=cfg.max_prompt_length,
+        **model_key,
+    )
+    scores = Scores(dev, dev_base)
+    if cfg.score_eval:
+        scores.adapter_eval = evaluate_items(
+            model, tokenizer, data.eval_items, thinking=cfg.thinking, batch_size=cfg.eval_batch_size, progress=True
+        )
+        scores.base_eval = cached_base_eval(
+            data.eval_items,
+            load=lambda loaded=(model, tokenizer): loaded,  # the model in hand; bound now, freed below
+            batch_size=cfg.eval_batch_size,
+            **model_key,
+        )
+    del model, tokenizer, measure, measure_base
     free_memory()
-    comparison = compare_predictions(
-        base.result.predictions, adapter_eval.predictions, n_boot=cfg.bootstrap_samples, seed=cfg.seed
-    )
-    return Scores(dev, dev_base, adapter_eval, base.result, base.hit, base.path, comparison)
+    if cfg.score_eval:
+        scores.comparison = compare_predictions(
+            scores.base_eval.result.predictions,
+            scores.adapter_eval.predictions,
+            n_boot=cfg.bootstrap_samples,
+            seed=cfg.seed,
+        )
+    return scores
+
+
+DEV_ROWS = "data/dev_rows.jsonl"
+"""The dev split as the run writes it (TRL rows): the source of its `dev` dataset input."""
+
+
+def dev_digest(data: TrainData) -> str:
+    """The dev split's dataset digest: `rows_digest` of its rows, as written to DEV_ROWS."""
+    return tracking.rows_digest(data.dev_rows)
 
 
 # -- log
 
 
-def log_run_inputs(cfg: TrainConfig, backend: Backend, data: TrainData, run_dir: Path) -> None:
-    """Params (the config and what it resolved to here), config.yaml, tags, data counts, datasets."""
-    params = tracking.safe_params(cfg)
-    params.update(
-        {
-            "student_path": data.student_path,
-            "pairs_path": str(data.pairset.path),
-            "backend": backend.name,
-            "load_in_4bit_resolved": backend.load_in_4bit,
-            "use_unsloth_resolved": backend.use_unsloth,
-            "dtype_resolved": data.dtype_name,
-            "n_train_pairs": len(data.rows),
-            "n_dev_pairs": len(data.dev_rows),
-        }
+def log_run_inputs(cfg: TrainConfig, backend: Backend, data: TrainData, run_dir: Path, logged: Logged) -> None:
+    """Params (the config with the values this run used), config.yaml, tags, datasets."""
+    tracking.log_config_params(
+        cfg,
+        n_pairs=len(data.rows),
+        n_dev_pairs=len(data.dev_rows),
+        load_in_4bit=backend.load_in_4bit,
+        use_unsloth=backend.use_unsloth,
+        compute_dtype=data.dtype_name,
     )
-    tracking.log_params(params)
     tracking.log_config(cfg)
+    overlong = data.overlong
     tracking.set_tags(
         {
             "distill.stage": "train",
             "distill.student": cfg.student,
+            "distill.path.student": data.student_path,
             "train/backend": backend.name,
             "train/backend_notes": "; ".join(backend.notes) or "-",
             "train/device": backend.device,
             "train/thinking": cfg.thinking,
+            "data.n_pairs_loaded": len(data.pairset.pairs),
+            "data.n_requested": cfg.n_pairs or "all",
+            "data.overlong": f"{overlong.n_overlong} over the limits: {overlong.n_dropped} dropped, "
+            f"{overlong.n_truncated} truncated; longest prompt {overlong.max_prompt_tokens}, "
+            f"longest pair {overlong.max_total_tokens} tokens",
             "dev.reward_accuracy.definition": "share of dev pairs whose chosen has a higher per-token average log-prob than rejected",
             "dev.margin.definition": "mean over dev pairs of (chosen - rejected) per-token average log-prob",
             "dev.accuracy.average": "micro (over the dev pairs' problems)",
         }
     )
-    overlong = data.overlong
-    tracking.log_metrics(
-        {
-            "data/n_pairs_loaded": len(data.pairset.pairs),
-            "data/n_train": len(data.rows),
-            "data/n_dev": len(data.dev_rows),
-            "data/n_overlong": overlong.n_overlong,
-            "data/n_dropped": overlong.n_dropped,
-            "data/n_truncated": overlong.n_truncated,
-            "data/max_prompt_tokens": overlong.max_prompt_tokens,
-            "data/max_total_tokens": overlong.max_total_tokens,
-        }
-    )
-    log_training_data(data, run_dir / "data")
-    from distill.evaluation import log_items_dataset
+    log_training_data(data, run_dir / "data", logged)
+    if cfg.score_eval:
+        from distill.evaluation import log_items_dataset
 
-    eval_file = Path(str(cfg.eval_dataset))
-    log_items_dataset(data.eval_items, source=eval_file, name=eval_file.stem, context="eval")
+        source = cfg.eval_source
+        logged.datasets["eval"] = log_items_dataset(data.eval_items, source=source, name=Path(source).stem)
     notes = "; ".join(backend.notes) or "all features on"
     print(f"train: backend {backend.name} ({notes}); {len(data.rows)} pairs, {len(data.dev_rows)} dev")
 
 
-def log_training_data(data: TrainData, folder: Path) -> None:
-    """Train and dev rows as dataset inputs (contexts training, dev); the pairs and rows as artifacts."""
+def log_training_data(data: TrainData, folder: Path, logged: Logged) -> None:
+    """The pairs read (context training, with the digest their producer recorded) and the dev
+    split (context dev) as dataset inputs; the TRL rows as artifacts, and a copy of the pairs
+    when they are the user's file (a `runs:/` source is already its producer's artifact).
+
+    The dev split is made here, from the pairs: its rows are this run's artifact DEV_ROWS
+    (recorded as the output `dev`), which is its dataset's source. Runs that hold out the same
+    split show the same digest; MLflow keeps one record per dataset name and digest in an
+    experiment, so they show the source of the first run that logged it, the same content."""
     import pandas as pd
 
     from distill.io import write_jsonl
 
     columns = ("id", "subject", "prompt", "chosen", "rejected")
     pairset = data.pairset
-    name = f"pairs-train:{Path(str(pairset.path)).stem}"
     frame = pd.DataFrame([{k: row[k] for k in columns} for row in data.rows])
-    source = pairset.source if not Path(pairset.source).exists() else str(Path(pairset.path).resolve())
-    with warnings.catch_warnings():
-        # MLflow warns that a local path "can be interpreted in multiple ways" (all of them local).
-        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
-        try:
-            tracking.log_dataset(frame, name=name, source=source, context="training")
-        except Exception:  # a source string MLflow cannot resolve (some URI schemes): keep the path
-            tracking.log_dataset(frame, name=name, source=str(pairset.path), context="training")
-        if data.dev_rows:
-            dev_frame = pd.DataFrame([{k: row[k] for k in columns} for row in data.dev_rows])
-            tracking.log_dataset(dev_frame, name="pairs-dev", source=str(pairset.path), context="dev")
-    if Path(pairset.path).is_file():
-        tracking.log_artifact(pairset.path, "pairs")
-    else:
-        tracking.log_artifacts(pairset.path, "pairs")
+    logged.datasets["training"] = tracking.log_dataset(
+        frame, name="pairs", source=pairset.lineage_source, context="training", digest=pairset.digest
+    )
     for file_name, rows in (("train_rows.jsonl", data.rows), ("dev_rows.jsonl", data.dev_rows)):
         tracking.log_artifact(write_jsonl(folder / file_name, rows), "data")
+    if data.dev_rows:
+        source = tracking.record_output("dev", DEV_ROWS, data.dev_rows)
+        dev_frame = pd.DataFrame([{k: row[k] for k in columns} for row in data.dev_rows])
+        logged.datasets["dev"] = tracking.log_dataset(
+            dev_frame, name="pairs-dev", source=source, context="dev", digest=dev_digest(data)
+        )
+    if tracking.run_of_uri(pairset.lineage_source) is None:
+        if Path(pairset.path).is_file():
+            tracking.log_artifact(pairset.path, "pairs")
+        else:
+            tracking.log_artifacts(pairset.path, "pairs")
 
 
-def log_scores(cfg: TrainConfig, scores: Scores, run_dir: Path) -> None:
-    """Dev metrics, both evaluations (files under the run folder too), the cache tags, the comparison."""
-    from distill.evaluation import log_adapter_vs_base
-
-    tracking.log_metrics({k: v for k, v in scores.metrics.items() if k.startswith(("dev/", "base_dev/"))})
-    log_adapter_vs_base(
-        scores.adapter_eval,
-        scores.base_eval,
-        scores.comparison,
-        new_label="adapter",
-        base_cached=scores.cache_hit,
-        base_cache_file=scores.cache_file,
-        n_boot=cfg.bootstrap_samples,
-        seed=cfg.seed,
-        out_dir=run_dir,
-    )
-
-
-def log_adapter(cfg: TrainConfig, backend: Backend, data: TrainData, result: TrainResult, run_id: str):
-    """(runs:/ URI, logged model URI) of the adapter, logged as a pyfunc model that records how to
-    load its base (also written next to the adapter as distill_adapter.json)."""
-    from distill.adapter_model import log_adapter_model
+def log_adapter(cfg: TrainConfig, backend: Backend, data: TrainData, result: TrainResult, logged: Logged) -> None:
+    """The adapter as a pyfunc model named after the run, recording how to load its base (also
+    written next to the adapter as distill_adapter.json); its URIs and id go on `logged`."""
+    from distill.adapter_model import log_adapter_model, logged_model_name
     from distill.tiny_qwen3 import parse_tiny_name
 
-    # pyfunc also logs model_config as run params: these names must not clash with the config's.
     model_config = {
         "base_model": cfg.student,
-        "base_model_path": data.student_path,
         "base_model_seed": parse_tiny_name(cfg.student),
         "base_load_in_4bit": backend.load_in_4bit,
         "base_dtype": cfg.dtype,
@@ -579,10 +660,78 @@ def log_adapter(cfg: TrainConfig, backend: Backend, data: TrainData, result: Tra
     (result.adapter_dir / "distill_adapter.json").write_text(
         json.dumps(model_config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
     )
-    info = log_adapter_model(result.adapter_dir, model_config)
-    model_uri = f"runs:/{run_id}/adapter"
-    tracking.set_tags({"train/model_uri": model_uri, "train/logged_model_uri": info.model_uri})
-    return model_uri, info.model_uri
+    example = data.eval_items[:2] or [p.problem for p in data.dev_pairs if p.problem is not None][:2] or None
+    info = log_adapter_model(
+        result.adapter_dir,
+        model_config,
+        logged.name,
+        input_example=example,
+        tags={"distill.run_name": logged.name, "distill.source_run": logged.run_id},
+    )
+    logged.model_uri = tracking.artifact_uri(logged.run_id, logged_model_name(logged.name))
+    logged.logged_model_uri = info.model_uri
+    logged.model_id = info.model_id
+    tracking.set_tags({"train/model_uri": logged.model_uri, "train/logged_model_uri": info.model_uri})
+
+
+def log_scores(
+    cfg: TrainConfig,
+    backend: Backend,
+    data: TrainData,
+    scores: Scores,
+    result: TrainResult,
+    run_dir: Path,
+    logged: Logged,
+) -> None:
+    """Dev metrics (at the last step, after any dev curve), the eval set against the base, the
+    base runs they are measured against (linked, not repeated), the full step history."""
+    from distill.eval_cache import DEV_METRICS, base_run
+    from distill.evaluation import log_adapter_vs_base
+
+    tracking.log_metrics(
+        {f"dev/{k}": v for k, v in scores.dev.items() if k in DEV_METRICS},
+        step=result.global_step,
+        model_id=logged.model_id,
+        dataset=logged.datasets.get("dev"),
+    )
+    settings = {"thinking": cfg.thinking, "compute_dtype": data.dtype_name, "load_in_4bit": backend.load_in_4bit}
+    if data.dev_rows:
+        logged.base_runs["dev"] = base_run(
+            scores.dev_base.key,
+            student=cfg.student,
+            split=f"dev split of {Path(data.pairset.lineage_source).name} (seed {cfg.seed})",
+            context="dev",
+            metrics={k: v for k, v in scores.dev_base.metrics.items() if k in DEV_METRICS},
+            params=settings,
+            dataset=logged.datasets.get("dev"),
+        )
+    if cfg.score_eval:
+        log_adapter_vs_base(
+            scores.adapter_eval,
+            scores.base_eval.result,
+            scores.comparison,
+            new_label="adapter",
+            base_cached=scores.base_eval.hit,
+            base_cache_file=scores.base_eval.path,
+            n_boot=cfg.bootstrap_samples,
+            seed=cfg.seed,
+            out_dir=run_dir,
+            model_id=logged.model_id,
+            dataset=logged.datasets.get("eval"),
+        )
+        base = scores.base_eval.result
+        logged.base_runs["eval"] = base_run(
+            scores.base_eval.path.stem,
+            student=cfg.student,
+            split=Path(cfg.eval_source).name,
+            context="eval",
+            metrics={k.split("/", 1)[1]: v for k, v in base.headline.items()},
+            params=settings,
+            dataset=logged.datasets.get("eval"),
+            result=base,
+        )
+    tracking.set_tags({tracking.BASE_RUN_TAG + k: v for k, v in logged.base_runs.items() if v})
+    tracking.log_dict(result.history, "train_history.json")
 
 
 def finish(
@@ -591,36 +740,33 @@ def finish(
     data: TrainData,
     result: TrainResult,
     scores: Scores,
-    run_id: str,
-    model_uri: str,
-    logged_model_uri: str,
+    logged: Logged,
     started: float,
+    run_tags: dict[str, str],
 ) -> TrainOutputs:
-    """Training metrics, the summary (printed by `run`, logged as summary.txt), the outputs."""
+    """Wall time, the summary (printed by `run`, logged as summary.txt and as the run's
+    description with its links), the outputs."""
     from distill.evaluation import summary_text
     from distill.io import write_text_atomic
 
-    tracking.log_metrics(
-        {
-            "train/steps": result.global_step,
-            "train/final_loss": result.final_loss,
-            "train/wall_s": time.perf_counter() - started,
-        }
-    )
     wall_s = time.perf_counter() - started
-    summary = summary_lines(cfg, backend, data, result, scores, run_id=run_id, model_uri=model_uri, wall_s=wall_s)
-    summary += "\n\n" + summary_text(
-        scores.adapter_eval,
-        scores.comparison,
-        title="eval set, adapter vs base (per subject)",
-        base_result=scores.base_eval,
-    )
-    summary_file = write_text_atomic(Path(cfg.output_dir) / run_id / "summary.txt", summary + "\n")
+    # Linked to the model and the training set: the model's page then lists what it was trained on.
+    tracking.log_metrics({"train/wall_s": wall_s}, model_id=logged.model_id, dataset=logged.datasets.get("training"))
+    summary = summary_lines(cfg, backend, data, result, scores, logged=logged, wall_s=wall_s)
+    if scores.adapter_eval is not None:
+        summary += "\n\n" + summary_text(
+            scores.adapter_eval,
+            scores.comparison,
+            title="eval set, adapter vs base (per subject)",
+            base_result=scores.base_eval.result,
+        )
+    summary_file = write_text_atomic(Path(cfg.output_dir) / logged.run_id / "summary.txt", summary + "\n")
     tracking.log_artifact(summary_file)
+    tracking.describe_run(summary, description_links(data, logged, run_tags))
     return TrainOutputs(
-        run_id=run_id,
-        model_uri=model_uri,
-        logged_model_uri=logged_model_uri,
+        run_id=logged.run_id,
+        model_uri=logged.model_uri,
+        logged_model_uri=logged.logged_model_uri,
         adapter_dir=result.adapter_dir,
         backend=backend,
         n_train=len(data.rows),
@@ -631,7 +777,26 @@ def finish(
         metrics=scores.metrics,
         wall_s=wall_s,
         summary=summary,
+        run_name=logged.name,
     )
+
+
+def description_links(data: TrainData, logged: Logged, run_tags: dict[str, str]) -> dict[str, str]:
+    """The runs a train run used and the model it made, as markdown links."""
+    from distill.sweep_runs import TAG_PARENT
+
+    links: dict[str, str] = {}
+    producer = tracking.run_of_uri(data.pairset.source)
+    if producer:
+        links["pairs from"] = tracking.run_link(producer)
+    for context, run_id in logged.base_runs.items():
+        if run_id:
+            links[f"base model on the {context} split"] = tracking.run_link(run_id)
+    if run_tags.get(TAG_PARENT):
+        links["sweep"] = tracking.run_link(run_tags[TAG_PARENT])
+    if logged.model_id:
+        links["model"] = tracking.model_link(logged.model_id, logged.name, logged.experiment_id)
+    return links
 
 
 def summary_lines(
@@ -641,8 +806,7 @@ def summary_lines(
     result: TrainResult,
     scores: Scores,
     *,
-    run_id: str,
-    model_uri: str,
+    logged: Logged,
     wall_s: float,
 ) -> str:
     """The closing screen of a train run."""
@@ -650,8 +814,7 @@ def summary_lines(
     def fmt(value: Any, spec: str = ".3f") -> str:
         return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
-    a, b, c = scores.adapter_eval.metrics, scores.base_eval.metrics, scores.comparison
-    dev, dev_base, overlong = scores.dev, scores.dev_base, data.overlong
+    dev, dev_base, overlong = scores.dev, scores.dev_base.metrics, data.overlong
     lines = [
         f"train  {cfg.student} + LoRA r={cfg.lora_rank} α={cfg.lora_alpha}, ORPO λ={cfg.beta}, thinking {cfg.thinking}",
         f"backend  {backend.name} on {backend.device}" + (f"  ({'; '.join(backend.notes)})" if backend.notes else ""),
@@ -666,11 +829,15 @@ def summary_lines(
             f"MCQ acc {fmt(dev_base.get('accuracy'))} → {fmt(dev.get('accuracy'))}, "
             f"macro-F1 {fmt(dev_base.get('macro_f1'))} → {fmt(dev.get('macro_f1'))}  (base → adapter)"
         )
-    lines.append(
-        f"eval     {Path(str(cfg.eval_dataset)).name} ({int(a['eval/n'])} items): accuracy {fmt(b['eval/accuracy'])} → "
-        f"{fmt(a['eval/accuracy'])}, Δ {fmt(c['compare/delta_accuracy'], '+.3f')} "
-        f"[{fmt(c['compare/delta_ci_low'], '+.3f')}, {fmt(c['compare/delta_ci_high'], '+.3f')}], "
-        f"McNemar p={fmt(c['compare/mcnemar_p'], '.3g')}  (base {'from cache' if scores.cache_hit else 'scored now'})"
-    )
-    lines.append(f"run      {run_id}  ·  model {model_uri}  ·  {wall_s:.1f} s")
+    if scores.adapter_eval is not None:
+        a, b, c = scores.adapter_eval.metrics, scores.base_eval.result.metrics, scores.comparison
+        lines.append(
+            f"eval     {Path(cfg.eval_source).name} ({int(a['eval/n'])} items): accuracy {fmt(b['eval/accuracy'])} → "
+            f"{fmt(a['eval/accuracy'])}, Δ {fmt(c['compare/delta_accuracy'], '+.3f')} "
+            f"[{fmt(c['compare/delta_ci_low'], '+.3f')}, {fmt(c['compare/delta_ci_high'], '+.3f')}], "
+            f"McNemar p={fmt(c['compare/mcnemar_p'], '.3g')}  (base {'from cache' if scores.base_eval.hit else 'scored now'})"
+        )
+    else:
+        lines.append("eval     not scored here (score_eval=false): the test split is for evaluate and register")
+    lines.append(f"run      {logged.run_id}  ·  {logged.name}  ·  model {logged.model_uri}  ·  {wall_s:.1f} s")
     return "\n".join(lines)

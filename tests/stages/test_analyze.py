@@ -111,12 +111,36 @@ def test_analyze_a_train_like_run_with_base_predictions_inside_logs_into_it(mlfl
     assert out.analysis.changes.fixed["id"].tolist() == FIXED
     client = mlflow.MlflowClient()
     names = {a.path for a in client.list_artifacts(active.info.run_id, "errors")}
-    assert {"errors/error_analysis.html", "errors/analyze_config.yaml"} <= names
+    assert "errors/analyze_config.yaml" in names
+    assert "charts.html" in {a.path for a in client.list_artifacts(active.info.run_id)}
     # The analysed run keeps its own params, config.yaml and stage tag.
     logged = client.get_run(active.info.run_id)
     assert dict(logged.data.params) == {"learning_rate": "1e-4"}
     assert "distill.stage" not in logged.data.tags
     assert "config.yaml" not in {a.path for a in client.list_artifacts(active.info.run_id)}
+
+
+def test_analyze_a_train_run_against_the_base_run_it_links_to(mlflow_store):
+    """A train or register run does not repeat the base model's evaluation: it links to the base
+    run (`distill.base_run.eval`), whose predictions are the baseline."""
+    import mlflow
+
+    from distill.stages.evaluate import log_eval_result, result_from_predictions
+
+    _fresh_experiment()
+    with mlflow.start_run(run_name="base tiny-qwen3 · items") as base:
+        log_eval_result(result_from_predictions(BASE))
+    with mlflow.start_run(run_name="train") as trained:
+        log_eval_result(result_from_predictions(NEW))
+        mlflow.set_tag("distill.base_run.eval", base.info.run_id)
+    out = run(AnalyzeConfig(run_id=trained.info.run_id))
+    assert [m.label.split(" ")[0] for m in out.analysis.models] == ["base", "trained"]
+    assert out.analysis.changes.fixed["id"].tolist() == FIXED
+    assert out.analysis.changes.broken["id"].tolist() == BROKEN
+    logged = mlflow.MlflowClient().get_run(out.run_id)
+    assert logged.info.run_name == "analyze train"
+    assert f"/runs/{trained.info.run_id})" in logged.data.tags["mlflow.note.content"]
+    assert "" not in logged.data.params.values()
 
 
 def test_analyze_a_single_evaluate_run_has_no_fixed_or_broken(mlflow_store):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from distill import tracking
 from distill.blueprint.gates import GATES
 from distill.data.prompts import format_final_answer, render_messages
 from distill.data.schema import item_from_dict
@@ -80,15 +81,27 @@ def test_default_run_shows_every_gate_and_logs_everything_train_needs(mlflow_sto
     logged = client.get_run(result.run_id)
     metrics = logged.data.metrics
     assert metrics["augment/candidates"] == 36 and metrics["augment/accepted"] == result.accepted
+    # a short metric list; per gate, subject, transfer kind and role: tables
+    assert len(metrics) <= 25 and not any(k.count("/") > 1 for k in metrics), sorted(metrics)
+    import mlflow
+
+    def table(path):
+        return mlflow.load_table(path, run_ids=[result.run_id])
+
+    gates = table("augment/gates.json").set_index("gate")
+    assert list(gates.index) == list(GATES)
     for gate in GATES:
-        assert metrics[f"gate/{gate}/rejected"] == result.gate_counts[gate]["rejected"]
-        assert metrics[f"gate/{gate}/pass_share"] == pytest.approx(
+        assert gates.loc[gate, "rejected"] == result.gate_counts[gate]["rejected"]
+        assert gates.loc[gate, "pass_share"] == pytest.approx(
             result.gate_counts[gate]["passed"] / result.gate_counts[gate]["reached"]
         )
-    assert sum(v for k, v in metrics.items() if k.startswith("augment/accepted/transfer/")) == result.accepted
-    assert sum(v for k, v in metrics.items() if k.startswith("augment/accepted/subject/")) == result.accepted
-    assert metrics["llm/teacher/cache_hits"] == 36 and metrics["llm/verifier/cache_hits"] == 31
-    assert metrics["llm/cached_output_tokens"] > 0 and metrics["llm/cost_usd"] == 0
+    accepted = table("augment/accepted.json")
+    assert accepted[accepted["by"] == "transfer"]["accepted"].sum() == result.accepted
+    assert accepted[accepted["by"] == "subject"]["accepted"].sum() == result.accepted
+    usage = table("augment/llm_usage.json").set_index("role")
+    assert usage.loc["teacher", "cache_hits"] == 36 and usage.loc["verifier", "cache_hits"] == 31
+    assert usage["cached_output_tokens"].sum() > 0 and metrics["llm/cost_usd"] == 0
+    assert metrics["llm/cache_hits"] == 36 + 31
     artifacts = {a.path for a in client.list_artifacts(result.run_id, "pairs")}
     assert {"pairs/pairs.jsonl", "pairs/dataset_info.json", "pairs/state.json"} <= artifacts
     assert {"rejected_candidates.jsonl", "summary.txt", "plan.json"} <= {
@@ -98,11 +111,15 @@ def test_default_run_shows_every_gate_and_logs_everything_train_needs(mlflow_sto
         i.dataset.name: [t.value for t in i.tags if t.key == "mlflow.data.context"]
         for i in logged.inputs.dataset_inputs
     }
-    assert contexts["augment-pairs"] == ["training"] and contexts["hard_negatives"] == ["seeds"]
+    assert contexts == {"hard_negatives": ["hard_negatives"]}, "the pairs are an output, not an input"
+    tags = logged.data.tags
+    assert tags["distill.output.pairs"] == f"runs:/{result.run_id}/pairs"
+    assert tags["distill.output.pairs.digest"] == tracking.rows_digest(pairs)
+    assert f"runs:/{result.run_id}/pairs" in tags["mlflow.note.content"]
+    assert logged.data.params["hard_negatives"] == "bundled" and logged.data.params["verifier"] == "example-teacher"
     uris = logged.data.tags["prompts"].split(",")
     assert sorted(u.split("/")[1] for u in uris) == ["distill-blueprint", "distill-verify"]
     assert set(uris) == set(result.prompts.values())
-    import mlflow
 
     blueprint = mlflow.genai.load_prompt(result.prompts["blueprint"])
     assert "Error Simulation" in blueprint.template and "{{golden_path}}" in blueprint.template

@@ -19,11 +19,19 @@ N_ITEMS = 30
 def _items(cfg: EvaluateConfig):
     from distill.data.loaders import load_items
 
-    return load_items(cfg.dataset, cfg.format, require_answer=True)[: cfg.max_items]
+    return load_items(cfg.dataset_source, cfg.format, require_answer=True)[: cfg.max_items]
 
 
 def _artifact_files(client, run_id: str, path: str) -> set[str]:
     return {Path(info.path).name for info in client.list_artifacts(run_id, path)}
+
+
+def _table(run_id: str, path: str) -> list[dict]:
+    """An MLflow table artifact as rows."""
+    import mlflow
+
+    table = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path)).read_text())
+    return [dict(zip(table["columns"], row)) for row in table["data"]]
 
 
 def test_evaluate_run_then_compare_with_it(mlflow_store, capsys):
@@ -31,11 +39,11 @@ def test_evaluate_run_then_compare_with_it(mlflow_store, capsys):
     import pandas as pd
     from mlflow import MlflowClient
 
-    from distill.data.loaders import items_digest
     from distill.metrics import subject_keys
+    from distill.tracking import rows_digest
 
     cfg = EvaluateConfig(max_items=N_ITEMS, bootstrap_samples=200, device="cpu")
-    assert Path(cfg.dataset).name == "eval_sample.jsonl"  # the bundled default
+    assert cfg.dataset is None and Path(cfg.dataset_source).name == "eval_sample.jsonl"  # the bundled default
     items = _items(cfg)
     assert len(items) == N_ITEMS
     keys = subject_keys(item.subject for item in items)
@@ -50,7 +58,10 @@ def test_evaluate_run_then_compare_with_it(mlflow_store, capsys):
     assert client.get_experiment(logged.info.experiment_id).name == "distill-eval"
     assert logged.data.params["model"] == "tiny-qwen3"
     assert logged.data.params["max_items"] == str(N_ITEMS)
-    assert logged.data.params["adapter"] == ""
+    # Unset values are named, never '': the adapter is none, the items the bundled sample.
+    assert (logged.data.params["adapter"], logged.data.params["dataset"]) == ("none", "bundled")
+    assert logged.info.run_name == f"evaluate tiny-qwen3 · eval_sample[:{N_ITEMS}] · logits"
+    assert "overall (micro, over items)" in logged.data.tags["mlflow.note.content"]
 
     metrics = logged.data.metrics
     predictions = pd.read_parquet(
@@ -62,16 +73,21 @@ def test_evaluate_run_then_compare_with_it(mlflow_store, capsys):
     assert predictions["pred"].between(1, predictions["n_choices"]).all()
     assert {"score_1", "score_4"} <= set(predictions.columns)
 
-    # metric names exactly as DESIGN.md, values consistent with the logged predictions
+    # metric names exactly as DESIGN.md, values consistent with the logged predictions; only
+    # overall figures are metrics (no parse failures to count when scoring logits)
     assert metrics["eval/accuracy"] == pytest.approx(predictions["correct"].mean())
     assert 0 <= metrics["eval/macro_f1"] <= 1
-    assert metrics["eval/parse_failure_rate"] == 0
+    assert "eval/parse_failure_rate" not in metrics
+    assert all(name.count("/") == 1 for name in metrics), sorted(metrics)
+    # per subject: one table, one row per subject
+    subjects = {row["subject"]: row for row in _table(first.run_id, "subjects.json")}
+    assert set(subjects) == set(keys)
     per_subject_accuracy = []
-    for subject, key in keys.items():
+    for subject in keys:
         rows = predictions[predictions["subject"] == subject]
-        assert metrics[f"eval/n/{key}"] == len(rows)
-        assert metrics[f"eval/accuracy/{key}"] == pytest.approx(rows["correct"].mean())
-        assert 0 <= metrics[f"eval/macro_f1/{key}"] <= 1
+        assert subjects[subject]["n"] == len(rows)
+        assert subjects[subject]["accuracy"] == pytest.approx(rows["correct"].mean())
+        assert 0 <= subjects[subject]["macro_f1"] <= 1
         per_subject_accuracy.append(rows["correct"].mean())
     assert metrics["eval/accuracy_subject_macro"] == pytest.approx(sum(per_subject_accuracy) / len(keys))
 
@@ -83,11 +99,12 @@ def test_evaluate_run_then_compare_with_it(mlflow_store, capsys):
     assert {
         "predictions.json",
         "predictions.parquet",
-        "subject_metrics.html",
         "summary.txt",
         "items.jsonl",
     } <= _artifact_files(client, first.run_id, "evaluation")
-    assert "config.yaml" in {info.path for info in client.list_artifacts(first.run_id)}
+    assert {"config.yaml", "charts.html", "subjects.json"} <= {
+        info.path for info in client.list_artifacts(first.run_id)
+    }
     table = json.loads(
         Path(
             mlflow.artifacts.download_artifacts(run_id=first.run_id, artifact_path="evaluation/predictions.json")
@@ -95,15 +112,14 @@ def test_evaluate_run_then_compare_with_it(mlflow_store, capsys):
     )
     assert table["columns"][:6] == ["id", "subject", "gold", "pred", "correct", "n_choices"]
     assert len(table["data"]) == N_ITEMS
-    html = Path(
-        mlflow.artifacts.download_artifacts(run_id=first.run_id, artifact_path="evaluation/subject_metrics.html")
-    ).read_text()
+    html = Path(mlflow.artifacts.download_artifacts(run_id=first.run_id, artifact_path="charts.html")).read_text()
     assert "plotly" in html.lower()
     assert all(json.dumps(subject)[1:-1] in html for subject in keys)  # plotly writes JSON-escaped text
 
     inputs = logged.inputs.dataset_inputs
     assert len(inputs) == 1
-    assert inputs[0].dataset.digest == items_digest(items)[:16]
+    assert inputs[0].dataset.digest == rows_digest(item.to_dict() for item in items)
+    assert json.loads(inputs[0].dataset.source)["uri"] == cfg.dataset_source
     assert {t.key: t.value for t in inputs[0].tags}["mlflow.data.context"] == "eval"
     assert json.loads(inputs[0].dataset.profile)["num_rows"] == N_ITEMS
 
@@ -114,13 +130,12 @@ def test_evaluate_run_then_compare_with_it(mlflow_store, capsys):
     assert compared.metrics["compare/mcnemar_p"] == 1
     assert compared.metrics["compare/n_fixed"] == 0 and compared.metrics["compare/n_broken"] == 0
     assert compared.metrics["compare/delta_ci_low"] == 0 and compared.metrics["compare/delta_ci_high"] == 0
-    for key in keys.values():
-        assert compared.metrics[f"compare/delta_accuracy/{key}"] == 0
-        assert compared.metrics[f"compare/mcnemar_p/{key}"] == 1
+    for row in _table(second.run_id, "subjects.json"):  # the comparison per subject, in the same table
+        assert (row["delta_accuracy"], row["mcnemar_p"], row["base_accuracy"]) == (0, 1, row["accuracy"])
+    assert not any(name.startswith("compare/") and name.count("/") > 1 for name in compared.metrics)
     assert compared.tags["compare.baseline_run"] == first.run_id
-    assert {"comparison.html", "item_changes.json", "comparison.json"} <= _artifact_files(
-        client, second.run_id, "comparison"
-    )
+    assert f"#/experiments/{logged.info.experiment_id}/runs/{first.run_id}" in compared.tags["mlflow.note.content"]
+    assert {"item_changes.json", "comparison.json"} <= _artifact_files(client, second.run_id, "comparison")
     assert "compared with run" in capsys.readouterr().out
 
     # a baseline on other items is refused before any model is loaded
@@ -135,15 +150,12 @@ def test_config_rejects_unknown_scoring_and_reads_empty_as_none():
         EvaluateConfig(scoring="vibes")
     with pytest.raises(ConfigError):
         EvaluateConfig(thinking="maybe")
-    cfg = EvaluateConfig(adapter="", baseline_run="", experiment="", subject_map="", dataset="", max_items="")  # type: ignore[arg-type]
-    assert (cfg.adapter, cfg.baseline_run, cfg.experiment, cfg.subject_map, cfg.max_items) == (
-        None,
-        None,
-        None,
-        None,
-        None,
-    )
-    assert Path(cfg.dataset).is_file()
+    for blank, every in (("", ""), ("none", "all")):  # MLproject's old empty values, and the named ones
+        cfg = EvaluateConfig(
+            adapter=blank, baseline_run=blank, experiment=blank, subject_map=blank, dataset=blank, max_items=every
+        )  # type: ignore[arg-type]
+        assert (cfg.adapter, cfg.baseline_run, cfg.experiment, cfg.subject_map, cfg.max_items) == (None,) * 5
+        assert cfg.dataset is None and Path(cfg.dataset_source).is_file()
 
 
 def test_items_without_gold_are_an_input_error():
@@ -207,8 +219,9 @@ def test_entry_point_takes_mlproject_style_empty_parameters(mlflow_store, tmp_pa
 
 
 def test_run_joins_the_run_that_mlflow_run_created(mlflow_store, monkeypatch):
-    """`mlflow run` creates the run, logs the MLproject parameters as given (empty as `''`)
-    and exports MLFLOW_RUN_ID: the stage must log into that run without changing a param."""
+    """`mlflow run` creates the run, logs the MLproject parameters as given (named defaults, or
+    `''` from an older MLproject) and exports MLFLOW_RUN_ID: the stage must log into that run
+    without changing a param, nor logging one again that means the same (3 and 3.0, '' and none)."""
     from mlflow import MlflowClient
 
     client = MlflowClient()
@@ -217,22 +230,24 @@ def test_run_joins_the_run_that_mlflow_run_created(mlflow_store, monkeypatch):
     for key, value in {
         "model": "tiny-qwen3",
         "adapter": "''",
-        "dataset": "''",
+        "dataset": "bundled",
         "max_items": "4",
-        "batch_size": "8",
+        "batch_size": "8.0",
+        "bootstrap_samples": "100",
     }.items():
         client.log_param(created.info.run_id, key, value)
     monkeypatch.setenv("MLFLOW_RUN_ID", created.info.run_id)
     monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", experiment_id)
 
-    out = run(EvaluateConfig(adapter="", dataset="", max_items=4, device="cpu"))  # type: ignore[arg-type]
+    out = run(EvaluateConfig(adapter="", dataset="bundled", max_items=4, bootstrap_samples=200, device="cpu"))  # type: ignore[arg-type]
     assert out.run_id == created.info.run_id
     logged = client.get_run(out.run_id).data
-    assert logged.params["dataset"] == "''"
-    assert logged.params["resolved.dataset"].endswith("eval_sample.jsonl")
-    assert "resolved.adapter" not in logged.params  # '' meant None: same meaning, not re-logged
-    assert logged.params["bootstrap_samples"] == "2000"  # not given by the project: logged by the stage
+    assert logged.params["dataset"] == "bundled" and logged.params["adapter"] == "''"
+    assert not {"resolved.adapter", "resolved.dataset", "resolved.batch_size"} & set(logged.params)
+    assert logged.params["resolved.bootstrap_samples"] == "200"  # differs from what the project logged
+    assert logged.params["seed"] == "0"  # not given by the project: logged by the stage
     assert logged.metrics["eval/n"] == 4
+    assert client.get_experiment(experiment_id).tags["mlflow.note.content"]  # described, not renamed
 
 
 def test_evaluate_generate_mode_counts_parse_failures(mlflow_store):
@@ -250,7 +265,7 @@ def test_evaluate_generate_mode_counts_parse_failures(mlflow_store):
     assert len(predictions) == 4
     assert {"text", "parsed", "pred"} <= set(predictions.columns)
     unparsed = int((~predictions["parsed"].astype(bool)).sum())
-    assert metrics["eval/parse_failure_rate"] == pytest.approx(unparsed / 4)
+    assert metrics["eval/parse_failure_rate"] == pytest.approx(unparsed / 4)  # logged where answers are parsed
     # An unparsed answer is never counted as correct.
     assert not predictions.loc[~predictions["parsed"].astype(bool), "correct"].any()
 

@@ -55,7 +55,7 @@ def test_every_request_failing_fails_the_stage_loudly_and_the_rerun_fetches_what
     assert failed.info.status == "FAILED"
     assert failed.data.tags["distill.failure_reason"] == "failure_rate"
     assert failed.data.tags["distill.failure"] == error_lines[0].removeprefix("error: ")
-    assert failed.data.metrics["llm/teacher/unanswered"] == 3 and failed.data.metrics["llm/teacher/failure_rate"] == 1
+    assert failed.data.metrics["llm/unanswered"] == 3 and failed.data.metrics["llm/failure_rate"] == 3 / (3 + 9)
     # the outputs stay for a look (and the cache for the rerun): the failures are rows, not gaps
     import pandas as pd
 

@@ -38,6 +38,13 @@ HARD_NEGATIVE_FIELDS = {
 }
 
 
+def _table(run_id: str, path: str):
+    """A table the run logged with log_table, as a frame."""
+    import mlflow
+
+    return mlflow.load_table(path, run_ids=[run_id])
+
+
 def _bundled_hard_negatives() -> str:
     from distill.resources import resource_path
 
@@ -50,7 +57,6 @@ def test_default_run_logs_everything_and_rerun_pays_nothing(mlflow_store, capsys
     from mlflow import MlflowClient
 
     from distill import tracking
-    from distill.data.loaders import items_digest
     from distill.io import read_jsonl
     from distill.llm.templates import load_template
     from distill.metrics import subject_keys
@@ -102,7 +108,12 @@ def test_default_run_logs_everything_and_rerun_pays_nothing(mlflow_store, capsys
         "3",
         "off",
     )
-    assert params["seeds"] == "" and params["pass_rate_threshold"] == "0.34" and params["max_output_tokens"] == "2048"
+    assert (
+        params["seeds"] == "bundled"
+        and params["max_items"] == "24"
+        and params["pass_rate_threshold"] == "0.34"
+        and params["max_output_tokens"] == "2048"
+    )
     metrics = logged.data.metrics
     items = load_seed_items(cfg)
     keys = subject_keys(item.subject for item in items)
@@ -110,31 +121,52 @@ def test_default_run_logs_everything_and_rerun_pays_nothing(mlflow_store, capsys
     student_rows = attempts[attempts["role"] == "student"]
     assert metrics["mine/teacher_accuracy"] == pytest.approx(teacher_rows["correct"].mean()) == pytest.approx(22 / 24)
     assert metrics["mine/student_accuracy"] == pytest.approx(student_rows["correct"].mean())
+    # per subject and per role: tables, not metrics (a run's metric list stays short)
+    assert len(metrics) <= 25 and not any(k.count("/") > 1 for k in metrics), sorted(metrics)
     subject_of = {item.id: item.subject for item in items}
-    for subject, key in keys.items():
+    subjects = _table(first.run_id, "mine/subjects.json").set_index("subject")
+    assert set(subjects.index) == set(keys)
+    for subject in keys:
         rows = student_rows[student_rows["item_id"].map(subject_of) == subject]
-        assert metrics[f"mine/student_accuracy/{key}"] == pytest.approx(rows["correct"].mean())
-        assert metrics[f"mine/hard_negatives/{key}"] == sum(1 for row in hard if row["subject"] == subject)
+        assert subjects.loc[subject, "student_accuracy"] == pytest.approx(rows["correct"].mean())
+        assert subjects.loc[subject, "hard_negatives"] == sum(1 for row in hard if row["subject"] == subject)
     assert metrics["mine/hard_negatives"] == 18
-    assert metrics["mine/parse_failure_rate/student"] == pytest.approx(3 / 72)
-    assert metrics["mine/parse_failure_rate/teacher"] == 0
-    assert metrics["llm/student/cache_hits"] == 72 and metrics["llm/teacher/cache_hits"] == 24
+    assert first.metrics["mine/parse_failure_rate/student"] == pytest.approx(3 / 72)
+    assert first.metrics["mine/parse_failure_rate/teacher"] == 0
+    usage = _table(first.run_id, "mine/llm_usage.json").set_index("role")
+    assert usage.loc["student", "cache_hits"] == 72 and usage.loc["teacher", "cache_hits"] == 24
+    assert metrics["llm/cache_hits"] == 96
     assert metrics["llm/requests"] == 0 and metrics["llm/cost_usd"] == 0
-    assert metrics["mine/recording_imported"] > 0
+    assert first.metrics["mine/recording_imported"] > 0
     assert logged.data.tags["mine.accuracy.average"].startswith("micro")
 
     artifacts = {info.path for info in client.list_artifacts(first.run_id, "mine")}
-    assert artifacts == {"mine/attempts.parquet", "mine/hard_negatives.jsonl", "mine/summary.txt"}
+    assert artifacts == {
+        "mine/attempts.parquet",
+        "mine/hard_negatives.jsonl",
+        "mine/summary.txt",
+        "mine/subjects.json",
+        "mine/llm_usage.json",
+    }
     logged_hard = mlflow.artifacts.download_artifacts(run_id=first.run_id, artifact_path="mine/hard_negatives.jsonl")
     assert Path(logged_hard).read_text(encoding="utf-8") == hard_text
 
     contexts = {
         {t.key: t.value for t in d.tags}["mlflow.data.context"]: d.dataset for d in logged.inputs.dataset_inputs
     }
-    assert set(contexts) == {"seeds", "hard_negatives", "attempts"}
-    assert contexts["seeds"].digest == items_digest(items)[:16]
-    # the digest augment computes when it reads the file is the one mine logged when it wrote it
-    assert contexts["hard_negatives"].digest == tracking.rows_digest(read_jsonl(out / "hard_negatives.jsonl"))
+    assert set(contexts) == {"seeds"}, "outputs are artifacts, not dataset inputs"
+    assert contexts["seeds"].digest == tracking.rows_digest(item.to_dict() for item in items)
+    assert json.loads(contexts["seeds"].source)["uri"].endswith("seeds.jsonl")
+    # the digest augment computes when it reads the file is the one mine recorded when it wrote it
+    tags = logged.data.tags
+    assert tags["distill.output.hard_negatives"] == f"runs:/{first.run_id}/mine/hard_negatives.jsonl"
+    assert tags["distill.output.hard_negatives.digest"] == tracking.rows_digest(
+        read_jsonl(out / "hard_negatives.jsonl")
+    )
+    # the description: the one-screen summary and where the outputs are
+    note = tags["mlflow.note.content"]
+    assert "overall (over samples)" in note and tags["distill.output.hard_negatives"] in note
+    assert logged.info.run_name == "mine example-teacher vs example-student seeds=24 k=3/1"
     assert "config.yaml" in {info.path for info in client.list_artifacts(first.run_id)}
 
     # -- prompts: registered, recorded, linked ---------------------------------------------------

@@ -60,12 +60,29 @@ def test_default_pipeline_then_a_rerun_that_reuses_every_step(mlflow_store, tmp_
     # Outputs travel as artifact URIs from each step to the next.
     assert children["augment"].data.params["hard_negatives"] == f"runs:/{ids['mine']}/mine/hard_negatives.jsonl"
     assert children["train"].data.params["pairs"] == f"runs:/{ids['augment']}/pairs"
-    assert children["evaluate"].data.params["adapter"] == f"runs:/{ids['train']}/adapter"
+    assert children["evaluate"].data.params["adapter"] == children["train"].data.tags["train/model_uri"]
+    assert children["evaluate"].data.params["adapter"].startswith(f"runs:/{ids['train']}/")
     assert children["register"].data.params["run_id"] == ids["train"]
     assert children["register"].data.params["predictions_run"] == ids["evaluate"]
-    assert (
-        children["train"].data.metrics["data/n_pairs_loaded"] == children["augment"].data.metrics["augment/accepted"]
+    assert children["train"].data.tags["data.n_pairs_loaded"] == str(
+        int(children["augment"].data.metrics["augment/accepted"])
     )
+    # The training input is the augment run's artifact, with the digest of its rows.
+    from distill.io import iter_jsonl
+    from distill.tracking import rows_digest
+
+    (training,) = [i.dataset for i in children["train"].inputs.dataset_inputs if i.tags[0].value == "training"]
+    assert yaml.safe_load(training.source)["uri"] == f"runs:/{ids['augment']}/pairs"
+    produced = Path(mlflow.artifacts.download_artifacts(f"runs:/{ids['augment']}/pairs/pairs.jsonl"))
+    assert training.digest == rows_digest(row for _, row in iter_jsonl(produced))
+    # The test split is evaluate's and register's: the pipeline's train run scores the dev split only.
+    assert not [k for k in children["train"].data.metrics if k.startswith(("eval/", "compare/"))]
+    assert "eval/accuracy" in children["evaluate"].data.metrics
+    # Names tell the runs apart; the parent's description links every step.
+    names = [r.info.run_name for r in [parent, *children.values()]]
+    assert len(set(names)) == len(names), names
+    for step in STEPS:
+        assert f"/runs/{ids[step]})" in parent.data.tags["mlflow.note.content"], step
 
     # The register decision is the gate applied to what was measured.
     register = children["register"]
@@ -78,7 +95,7 @@ def test_default_pipeline_then_a_rerun_that_reuses_every_step(mlflow_store, tmp_
     assert parent.data.metrics["compare/mcnemar_p"] == register.data.metrics["compare/mcnemar_p"]
     report = mlflow.artifacts.load_text(f"runs:/{first.run_id}/report/report.md")
     assert "| subject | n | base correct | trained correct | Δ |" in report and "McNemar p =" in report
-    assert {Path(a.path).name for a in client.list_artifacts(first.run_id, "report")} >= {"report.md", "subjects.html"}
+    assert {Path(a.path).name for a in client.list_artifacts(first.run_id, "report")} >= {"report.md", "subjects.csv"}
 
     experiment_id = parent.info.experiment_id
     stage_runs_before = client.search_runs(
@@ -98,6 +115,8 @@ def test_default_pipeline_then_a_rerun_that_reuses_every_step(mlflow_store, tmp_
     for step, marker in markers.items():
         assert marker.data.tags[TAG_REUSED] == ids[step]
         assert TAG_HASH not in marker.data.tags, "a reuse marker is never itself reused"
+        assert f"/runs/{ids[step]})" in marker.data.tags["mlflow.note.content"]
+        assert not [k for k in marker.data.metrics if k.startswith("system/")]
     new_runs = [
         r
         for r in client.search_runs([experiment_id], max_results=1000)
@@ -133,7 +152,7 @@ def test_step_hash_follows_content_not_paths(tmp_path):
     a = tmp_path / "a.jsonl"
     b = tmp_path / "b" / "items.jsonl"
     b.parent.mkdir()
-    text = Path(EvaluateConfig().dataset).read_text(encoding="utf-8")
+    text = Path(EvaluateConfig().dataset_source).read_text(encoding="utf-8")
     a.write_text(text, encoding="utf-8")
     b.write_text(text, encoding="utf-8")
     same = step_hash("evaluate", EvaluateConfig(dataset=str(a), output_dir="x"))
@@ -204,6 +223,9 @@ def test_shared_values_and_upstream_outputs_reach_every_step():
     assert configs["register"].run_id == "t" and configs["register"].predictions_run == "e"
     assert configs["mine"].cache_path == str(Path("outputs/pipeline/mine/cache.sqlite"))
     assert configs["evaluate"].cache_path is None
+    assert configs["train"].score_eval is False, "the test split is evaluate's and register's"
+    overridden = PipelineConfig(overrides="train.score_eval=true")
+    assert step_config(overridden, "train", UPSTREAM).score_eval is True
 
 
 def test_a_section_beats_the_pipeline_value_and_overrides_beat_the_section():

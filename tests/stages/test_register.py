@@ -84,7 +84,8 @@ def test_gate_refuses_registers_and_moves_the_alias(mlflow_store, tmp_path):
     # 2. The best train run by a train metric is the strong one. Its gain is real but the gate
     #    needs p < alpha: with alpha equal to its own p-value, refused.
     p_value = strong.metrics["compare/mcnemar_p"]
-    strict = run(RegisterConfig(metric="train/steps", alpha=p_value, **common))
+    # (40 steps that learned the facts end at a lower loss than 1 step at a tiny learning rate)
+    strict = run(RegisterConfig(metric="train/loss", direction="minimize", alpha=p_value, **common))
     assert strict.candidate_run_id == strong.run_id
     assert not strict.registered and "not significant" in strict.decision.reason
     assert strict.comparison["compare/mcnemar_p"] == pytest.approx(p_value)
@@ -102,9 +103,28 @@ def test_gate_refuses_registers_and_moves_the_alias(mlflow_store, tmp_path):
     assert float(tags["compare.mcnemar_p"]) == pytest.approx(p_value, rel=1e-5)
     assert float(tags["eval.accuracy"]) == pytest.approx(strong.metrics["eval/accuracy"], rel=1e-5)
     assert float(tags["base.accuracy"]) == pytest.approx(strong.metrics["base/accuracy"], rel=1e-5)
-    assert len(tags["test_dataset.digest"]) == 64
+    assert "base_model_path" not in tags, "the base as the user named it, no cache folder"
     assert any(key.startswith("dataset.training.") for key in tags), tags
     registered_run = client.get_run(first.run_id)
+    # One digest per content: the test split shows the same digest in the train run, the
+    # register run (same context, eval) and the version's tags.
+    (test_input,) = [i.dataset for i in registered_run.inputs.dataset_inputs]
+    (train_eval,) = [
+        i.dataset for i in client.get_run(strong.run_id).inputs.dataset_inputs if i.tags[0].value == "eval"
+    ]
+    assert test_input.digest == train_eval.digest == tags["test_dataset.digest"] == tags["dataset.eval.heldout"]
+    # The register run's test metrics are linked to the candidate's logged model and the test split.
+    model = client.get_logged_model(strong.logged_model_uri.removeprefix("models:/"))
+    assert {("eval/accuracy", first.run_id, "heldout")} <= {(m.key, m.run_id, m.dataset_name) for m in model.metrics}
+    # Named after the candidate; described, with links; no base figures of its own.
+    assert registered_run.info.run_name == f"register distill-student ← {strong.run_name}"
+    note = registered_run.data.tags["mlflow.note.content"]
+    for linked in (strong.run_id, registered_run.data.tags["distill.base_run.eval"]):
+        assert f"/runs/{linked})" in note
+    assert "#/models/distill-student/versions/1" in note
+    assert not [k for k in registered_run.data.metrics if k.startswith("base")]
+    # The version's description is its report.
+    assert "| subject | n | base correct | trained correct | Δ |" in champion.description
     assert registered_run.data.tags["base.cache"] == "hit", "the base was scored by training already"
     train_tags = client.get_run(strong.run_id).data.tags
     assert registered_run.data.tags["base.cache_file"] == train_tags["base.cache_file"], "one cache entry for both"
@@ -113,11 +133,8 @@ def test_gate_refuses_registers_and_moves_the_alias(mlflow_store, tmp_path):
     report = mlflow.artifacts.load_text(f"runs:/{first.run_id}/report/report.md")
     assert "| subject | n | base correct | trained correct | Δ |" in report
     assert "McNemar p =" in report and "Registered as distill-student version 1" in report
-    assert {Path(a.path).name for a in client.list_artifacts(first.run_id, "report")} >= {
-        "report.md",
-        "subjects.html",
-        "subjects.csv",
-    }
+    assert {Path(a.path).name for a in client.list_artifacts(first.run_id, "report")} >= {"report.md", "subjects.csv"}
+    assert "charts.html" in {a.path for a in client.list_artifacts(first.run_id)}
 
     # The registered champion loads as an adapter.
     from distill.models import resolve_adapter

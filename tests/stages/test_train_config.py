@@ -15,7 +15,9 @@ def test_every_config_field_is_documented_and_defaults_are_the_embedded_default(
     for f in dataclasses.fields(TrainConfig):
         assert f.metadata.get("help"), f.name
     assert cfg.student == "tiny-qwen3" and cfg.beta == 0.1
-    assert cfg.pairs.endswith("example_pairs.jsonl") and cfg.eval_dataset.endswith("eval_sample.jsonl")
+    assert cfg.pairs is None and cfg.pairs_source.endswith("example_pairs.jsonl")
+    assert cfg.eval_dataset is None and cfg.eval_source.endswith("eval_sample.jsonl")
+    assert cfg.score_eval, "a train run of its own scores the test split; a sweep turns it off"
     assert (cfg.load_in_4bit, cfg.use_unsloth, cfg.thinking, cfg.overlong) == ("auto", "auto", "off", "drop")
 
 
@@ -39,5 +41,25 @@ def test_bad_config_is_a_config_error(changes, words):
 
 def test_config_normalises_command_line_words():
     cfg = TrainConfig(pairs="", eval_dataset="", n_pairs=0, load_in_4bit="True", use_unsloth="no", thinking="true")
-    assert cfg.pairs.endswith("example_pairs.jsonl") and cfg.n_pairs is None
+    assert cfg.pairs_source.endswith("example_pairs.jsonl") and cfg.n_pairs is None
     assert (cfg.load_in_4bit, cfg.use_unsloth, cfg.thinking) == ("true", "false", "on")
+
+
+def test_unset_values_have_names_on_the_command_line_and_in_params():
+    """MLproject's defaults are words (bundled, all, auto), which the command line reads as unset
+    and the run's params show: never the literal '' the MLflow UI used to show."""
+    from distill.cli import parse_config
+    from distill.tracking import config_params
+
+    cfg = parse_config(
+        TrainConfig, ["--pairs", "bundled", "--n_pairs", "all", "--experiment", "auto", "--epochs", "3"]
+    )
+    assert (cfg.pairs, cfg.n_pairs, cfg.experiment, cfg.epochs) == (None, None, None, 3.0)
+    params, tags = config_params(cfg)
+    assert (params["pairs"], params["n_pairs"], params["eval_dataset"]) == ("bundled", "all", "bundled")
+    assert params["epochs"] == "3" and params["prompt_loss"] == "false" and params["learning_rate"] == "0.0002"
+    assert "" not in params.values()
+    # Where the run writes is a tag, not a param; so is a path (its param is the file's name).
+    assert "experiment" not in params and "output_dir" not in params and tags["distill.output_dir"] == "outputs/train"
+    params, tags = config_params(TrainConfig(pairs="/data/my pairs/pairs.jsonl"))
+    assert params["pairs"] == "pairs.jsonl" and tags["distill.path.pairs"] == "/data/my pairs/pairs.jsonl"

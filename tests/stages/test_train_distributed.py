@@ -59,10 +59,13 @@ def test_two_processes_train_one_run(mlflow_store, tmp_path):
     runs = [
         run for experiment in client.search_experiments() for run in client.search_runs([experiment.experiment_id])
     ]
-    assert len(runs) == 1, "only rank 0 may open an MLflow run"
-    run = runs[0]
+    # Rank 0's train run, and the base runs it logged (the base on the dev and eval splits).
+    trains = [r for r in runs if r.data.tags.get("distill.stage") == "train"]
+    assert len(trains) == 1, "only rank 0 may open an MLflow run"
+    assert sorted(r.data.tags["distill.base.split"] for r in runs if r not in trains) == ["dev", "eval"]
+    run = trains[0]
     assert run.info.status == "FINISHED"
     assert "distributed: 2 processes" in run.data.tags["train/backend_notes"]
-    assert run.data.metrics["train/steps"] == 2
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [1, 2]
     # The other rank trained too (its own work folder), but logged nothing.
     assert (tmp_path / "out" / "rank1").is_dir()

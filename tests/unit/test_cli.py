@@ -105,3 +105,24 @@ def test_a_stage_reads_a_config_file_from_the_command_line(tmp_path):
     )
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "not_a_field" in done.stderr
+
+
+def test_an_unset_word_reads_as_unset_and_is_the_default_shown():
+    """`unset_field`: the word is the default MLproject and --help show, and reads back as None."""
+    from distill.cli import build_parser, field_default_text, unset_field
+
+    @dataclass
+    class Named:
+        """A config with named unset values."""
+
+        n: int | None = unset_field("all", "How many.")
+        items: list[str] = unset_field("bundled", "Sets.", default=[])
+        plain: str | None = field(default=None, metadata={"help": "No word of its own."})
+
+    fields = {f.name: f for f in __import__("dataclasses").fields(Named)}
+    assert [field_default_text(fields[name]) for name in ("n", "items", "plain")] == ["all", "bundled", "none"]
+    cfg = parse_config(Named, ["--n", "all", "--items", "bundled", "--plain", "none"])
+    assert (cfg.n, cfg.items, cfg.plain) == (None, [], None)
+    assert parse_config(Named, ["--n", "7", "--items", "a,b"]).n == 7
+    assert "(default: all)" in build_parser(Named).format_help()
+    assert parse_config(DemoConfig, ["--config", "none"]) == DemoConfig(), "MLproject's config=none: no file"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from distill.charts import RUN_PAGE, page_sections
 from distill.contracts import normalise_predictions
 from distill.error_analysis import (
     NONE_LABEL,
@@ -220,10 +221,9 @@ def test_log_error_analysis_logs_tables_chart_and_metrics(mlflow_store, tmp_path
         "errors/fixed.json",
         "errors/broken.json",
         "errors/changes_by_subject.json",
-        "errors/error_analysis.html",
         "errors/fixed.parquet",
         "errors/broken.parquet",
-    } <= names
+    } == names
     # load_table reads the label "3" back as a number: compare as text
     confusion = mlflow.load_table("errors/confusion.json", run_ids=[run_id]).astype({"gold": str, "pred": str})
     base_grammar = confusion[(confusion["model"] == "base") & (confusion["subject"] == "문법")]
@@ -232,9 +232,11 @@ def test_log_error_analysis_logs_tables_chart_and_metrics(mlflow_store, tmp_path
     assert sorted(fixed["id"]) == ["q2", "q3"] and set(fixed["new_reasoning"]) == {"s"}
     metrics = client.get_run(run_id).data.metrics
     assert metrics["errors/n_fixed"] == 2 and metrics["errors/n_broken"] == 1
-    page = client.download_artifacts(run_id, "errors/error_analysis.html", str(tmp_path / "dl"))
+    # The charts are on the run's one chart page (plotly.js once), not in an HTML file of their own.
+    page = client.download_artifacts(run_id, RUN_PAGE, str(tmp_path / "dl"))
     text = open(page, encoding="utf-8").read()
-    assert text.count("Plotly.newPlot") == 3  # confusion, position, fixed/broken on one page
+    assert list(page_sections(text)) == ["errors/confusion", "errors/position_bias", "errors/changes"]
+    assert text.count("Plotly.newPlot") == 3 and text.count("* plotly.js v") == 1
 
 
 def _fresh_experiment():

@@ -82,3 +82,66 @@ def test_a_model_with_an_adapter_is_scored_without_it(home, tmp_path):
     assert np.allclose(
         again.result.predictions[score_columns], plain.result.predictions[score_columns], equal_nan=True, atol=1e-5
     )
+
+
+def test_base_dev_figures_are_measured_once(home):
+    from distill.eval_cache import cached_base_dev
+
+    calls = []
+
+    def measure():
+        calls.append(1)
+        return {"accuracy": 0.5, "margin": -0.1}
+
+    arguments = dict(
+        student="tiny-qwen3",
+        student_path=resolve_model_path("tiny-qwen3"),
+        rows_digest="abc",
+        thinking="off",
+        load_in_4bit=False,
+        dtype="float32",
+        max_length=256,
+        max_prompt_length=200,
+    )
+    first = cached_base_dev(measure, **arguments)
+    second = cached_base_dev(measure, **arguments)
+    assert (first.hit, second.hit, len(calls)) == (False, True, 1)
+    assert second.metrics == first.metrics == {"accuracy": 0.5, "margin": -0.1}
+    assert not cached_base_dev(measure, **{**arguments, "rows_digest": "other"}).hit
+
+
+def test_one_base_run_per_key_in_a_store(home, mlflow_store):
+    import mlflow
+
+    from distill.eval_cache import base_run
+
+    items = make_items(6)
+    cached = cached_base_eval(items, load=lambda: load_student("tiny-qwen3", device="cpu"), **_arguments())
+    metrics = {k.split("/", 1)[1]: v for k, v in cached.result.headline.items()}
+    with mlflow.start_run(run_name="a train run"):
+        first = base_run(
+            cached.path.stem,
+            student="tiny-qwen3",
+            split="items",
+            context="eval",
+            metrics=metrics,
+            params={},
+            result=cached.result,
+        )
+    with mlflow.start_run(run_name="another"):
+        again = base_run(
+            cached.path.stem,
+            student="tiny-qwen3",
+            split="items",
+            context="eval",
+            metrics=metrics,
+            params={},
+            result=cached.result,
+        )
+    assert first == again, "the second run links the same base run"
+    logged = mlflow.MlflowClient().get_run(first)
+    assert logged.info.run_name == "base tiny-qwen3 · items" and logged.data.tags["distill.stage"] == "base"
+    assert logged.data.metrics["eval/accuracy"] == cached.result.metrics["eval/accuracy"]
+    assert logged.data.tags["mlflow.note.content"] and logged.info.status == "FINISHED"
+    files = {a.path for a in mlflow.MlflowClient().list_artifacts(first, "evaluation")}
+    assert "evaluation/predictions.parquet" in files

@@ -306,3 +306,137 @@ def test_models_module_keeps_heavy_and_gpu_imports_out():
     code = "import sys, distill.models; print(sorted(m for m in ('torch', 'transformers', 'peft', 'mlflow') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+# ----------------------------------------------------------------------------- the logged adapter model
+
+
+def test_logged_model_names_pass_mlflow_validation():
+    from mlflow.utils.validation import _validate_logged_model_name
+
+    from distill.adapter_model import logged_model_name
+
+    name = logged_model_name("orpo λ=0.13 r=8 lr=1.6e-4 pairs=59")
+    assert name == "orpo-λ=0_13-r=8-lr=1_6e-4-pairs=59"
+    _validate_logged_model_name(name)  # raises on a name MLflow refuses
+    _validate_logged_model_name(logged_model_name("a/b:c%d'e\"f"))
+    assert logged_model_name("adapter") == "adapter"
+
+
+def test_the_base_is_recorded_as_the_user_named_it(tmp_path):
+    from distill.adapter_model import base_model_reference, recorded_config
+
+    cache = resolve_model_path("tiny-qwen3")
+    tiny = recorded_config({"base_model": "tiny-qwen3", "base_model_path": cache})
+    assert tiny == {"base_model": "tiny-qwen3"}  # the cache folder is this machine's, not the model's
+    assert base_model_reference(tiny) == "tiny-qwen3"
+    hub = recorded_config({"base_model": "Qwen/Qwen3-14B", "base_model_path": "Qwen/Qwen3-14B"})
+    assert hub == {"base_model": "Qwen/Qwen3-14B"}
+    (tmp_path / "mine").mkdir()
+    own = recorded_config({"base_model": str(tmp_path / "mine"), "base_model_path": cache})
+    assert own["base_model_path"] == str((tmp_path / "mine").resolve())
+    assert base_model_reference(own) == str((tmp_path / "mine").resolve())
+    with pytest.raises(ValueError, match="base_model"):
+        recorded_config({"base_model_path": cache})
+
+
+class _Records(__import__("logging").Handler):
+    """Every record MLflow's loggers emit (they do not propagate to pytest's caplog)."""
+
+    def __init__(self):
+        super().__init__(level=0)
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+def test_log_adapter_model_from_code_with_signature_and_no_warnings(mlflow_store, adapter_setup, tmp_path):
+    import json
+    import logging
+    import warnings
+
+    import mlflow
+    import pandas as pd
+    import yaml
+
+    from distill.adapter_model import log_adapter_model
+    from distill.paths import distill_home
+    from distill.scoring import score_choices
+    from tests.train_helpers import synthetic_items
+
+    items = synthetic_items(3, heldout=True, seed=0)
+    config = {
+        "base_model": "tiny-qwen3",
+        "base_model_path": resolve_model_path("tiny-qwen3"),  # what the train stage resolved: a cache folder
+        "base_model_seed": 0,
+        "base_load_in_4bit": False,
+        "base_dtype": "auto",
+        "scoring_thinking": "off",
+        "scoring_batch_size": 2,
+        "train_backend": "lora",
+    }
+    assert config["base_model_path"].startswith(str(distill_home()))
+    mlflow.set_experiment("adapter-model-test")
+    handler = _Records()
+    mlflow_logger = logging.getLogger("mlflow")
+    mlflow_logger.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught, mlflow.start_run() as run:
+            warnings.simplefilter("always")
+            mlflow.log_params({"student": "tiny-qwen3", "lora_r": 4})
+            info = log_adapter_model(
+                adapter_setup["dir"],
+                config,
+                name="orpo λ=0.13 r=4",
+                input_example=items[:2],
+                params={"pairs_trained": 59},
+                tags={"distill.kind": "adapter"},
+            )
+    finally:
+        mlflow_logger.removeHandler(handler)
+    noisy = [r for r in handler.records if r.levelno >= logging.WARNING]
+    assert not noisy, [r.getMessage()[:200] for r in noisy]
+    from_mlflow = [w for w in caught if "mlflow" in str(w.filename) or "mlflow" in str(w.message).lower()]
+    assert not from_mlflow, [f"{w.filename}:{w.lineno} {str(w.message)[:200]}" for w in from_mlflow]
+
+    # Logged from code: no pickled object, the code file named in the flavor.
+    local = Path(mlflow.artifacts.download_artifacts(info.model_uri, dst_path=str(tmp_path / "model")))
+    assert not list(local.rglob("*.pkl"))
+    flavor = yaml.safe_load((local / "MLmodel").read_text(encoding="utf-8"))["flavors"]["python_function"]
+    assert flavor["model_code_path"].endswith("adapter_model_code.py")
+    assert "model_config" not in flavor
+
+    # Signature, input example, and the base recorded as named (no cache folder anywhere).
+    assert info.name == "orpo-λ=0_13-r=4"
+    assert info.signature is not None
+    assert [c.name for c in info.signature.inputs.inputs][:3] == ["id", "paragraph", "question"]
+    assert {p.name: p.default for p in info.signature.params.params} == {"thinking": "off", "batch_size": 2}
+    example = mlflow.models.Model.load(info.model_uri).load_input_example(str(local))
+    assert example["id"].tolist() == [item.id for item in items[:2]]
+    assert info.metadata["distill"]["base_model"] == "tiny-qwen3"
+    assert "base_model_path" not in info.metadata["distill"]
+    stored = (local / "artifacts" / "distill_model.json").read_text(encoding="utf-8")
+    assert json.loads(stored)["base_model"] == "tiny-qwen3" and str(distill_home()) not in stored
+    assert str(distill_home()) not in (local / "MLmodel").read_text(encoding="utf-8")
+
+    # The config is not duplicated into the run's params; params and tags reach the logged model.
+    run_params = mlflow.get_run(run.info.run_id).data.params
+    assert run_params == {"student": "tiny-qwen3", "lora_r": "4"}
+    logged = mlflow.MlflowClient().get_logged_model(info.model_id)
+    assert logged.params["pairs_trained"] == "59" and logged.params["student"] == "tiny-qwen3"
+    assert logged.tags["distill.kind"] == "adapter" and logged.tags["distill.base_model"] == "tiny-qwen3"
+
+    # The loaded model scores as the adapter does, labelled, unlabelled or partly labelled.
+    model, tokenizer = load_student("tiny-qwen3", adapter=adapter_setup["dir"], device="cpu")
+    expected = score_choices(model, tokenizer, items, thinking=False, batch_size=2, progress=False)
+    frame = pd.DataFrame([item.to_dict() for item in items])
+    pyfunc = mlflow.pyfunc.load_model(info.model_uri)
+    predicted = pyfunc.predict(frame)
+    assert predicted["id"].tolist() == [item.id for item in items]
+    assert predicted["gold"].tolist() == [item.answer for item in items]
+    for k in range(1, 5):
+        assert predicted[f"score_{k}"].tolist() == pytest.approx([s[k - 1] for s in expected], abs=1e-5)
+    assert "gold" not in pyfunc.predict(frame.drop(columns=["answer"])).columns
+    partly = pyfunc.predict(frame.assign(answer=[items[0].answer, None, items[2].answer]))
+    assert partly["gold"].tolist()[0] == items[0].answer and pd.isna(partly["gold"].tolist()[1])

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from distill.cli import cli_fields, default_text, field_default
+from distill.cli import NONE_WORDS, cli_fields, field_converter, field_default, field_default_text
 from distill.stages import PIPELINE_STEPS, STAGES
 
 REPO = Path(__file__).resolve().parents[2]
@@ -45,13 +45,29 @@ def test_mlproject_entry_has_exactly_the_config_fields(name):
     params = spec.get("parameters", {})
     assert set(params) == set(fields) | {"config"}
     for field_name, field in fields.items():
-        assert str(params[field_name]["default"]) == default_text(field_default(field)), field_name
+        assert str(params[field_name]["default"]) == field_default_text(field), field_name
         assert field.metadata.get("help"), f"{name}.{field_name} has no help text"
     command = spec["command"]
     assert command.startswith(f"python -m distill {name} --from-mlproject --config {{config}}")
     passed = re.findall(r"--(\w+) \{(\w+)\}", command)
     assert all(flag == value for flag, value in passed)
     assert {flag for flag, _ in passed} == set(fields) | {"config"}
+
+
+def test_no_mlproject_default_is_empty_and_each_reads_back_as_the_default():
+    """`mlflow run` logs every MLproject parameter as a run param: an empty default would show as
+    the literal '' in the UI. An unset default is a word (all, bundled, auto, none) that the
+    command line reads back as the field's default."""
+    for name, spec in _entry_points().items():
+        cls = STAGES[name].config_class()
+        for field in cli_fields(cls):
+            text = str(spec["parameters"][field.name]["default"])
+            assert text.strip(), f"{name}.{field.name} has an empty MLproject default"
+            value = field_converter(cls, field.name)(text)
+            assert value == field_default(field) or (value in (None, []) and field_default(field) in (None, [])), (
+                f"{name}.{field.name}: {text!r} reads back as {value!r}, not {field_default(field)!r}"
+            )
+        assert str(spec["parameters"]["config"]["default"]).lower() in NONE_WORDS
 
 
 def test_mlproject_lists_exactly_the_registered_stages():

@@ -97,3 +97,24 @@ def test_chart_shows_base_and_trained_per_subject():
 def test_different_items_are_refused():
     with pytest.raises(ConfigError, match="same items"):
         subject_rows(BASE, NEW.iloc[:4])
+
+
+def test_logged_report_puts_its_chart_on_the_run_page(mlflow_store, tmp_path):
+    import mlflow
+
+    from distill.charts import RUN_PAGE, page_sections
+    from distill.reports import log_report
+
+    comparison = compare_predictions(BASE, NEW, n_boot=200, seed=0)
+    mlflow.set_experiment("reports-test")
+    with mlflow.start_run() as run:
+        paths = log_report(tmp_path / "r", BASE, NEW, comparison, title="tiny: base vs trained")
+    client = mlflow.MlflowClient()
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "report")} == {
+        "report/report.md",
+        "report/subjects.csv",
+    }
+    assert set(paths) == {"markdown", "table"} and not (tmp_path / "r" / "subjects.html").exists()
+    page = open(client.download_artifacts(run.info.run_id, RUN_PAGE, str(tmp_path / "dl")), encoding="utf-8").read()
+    section = page_sections(page)["report/subjects"]
+    assert "tiny: base vs trained" in section and "macro-F1" in section and "Plotly.newPlot" in section

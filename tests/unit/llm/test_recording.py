@@ -124,3 +124,16 @@ def test_which_recording_a_replay_run_imports():
     assert recording_to_import(" ", "augment") == bundled_recording("augment")
     assert recording_to_import("None", "mine") is None
     assert str(recording_to_import("my.jsonl", "mine")) == "my.jsonl"
+
+
+@pytest.mark.parametrize("stage, field", [("mine", "recording"), ("augment", "replay_recording")])
+def test_off_on_the_command_line_imports_nothing_and_unset_imports_the_bundled_one(stage, field):
+    # The command line reads "none" as unset, so "off" is the word for "import nothing" there.
+    from distill.cli import parse_config
+    from distill.stages import get
+
+    cls = get(stage).config_class()
+    assert recording_to_import(getattr(parse_config(cls, [f"--{field}", "off"]), field), stage) is None
+    for unset in ("bundled", "none", ""):
+        chosen = getattr(parse_config(cls, [f"--{field}", unset]), field)
+        assert recording_to_import(chosen, stage) == bundled_recording(stage)
