@@ -180,12 +180,6 @@ def end_run(status: str = "FINISHED") -> None:
     mlflow.end_run(status=status)
 
 
-def safe_params(config: Any) -> dict[str, str]:
-    """A config's fields as MLflow params (`config_params`' params: secrets, paths and where the
-    run writes left out, unset values named, one number format)."""
-    return config_params(config)[0]
-
-
 def redact(text: str) -> str:
     """Replace the value of any secret environment variable found in `text`."""
     for name in SECRET_ENV_VARS:

@@ -46,6 +46,16 @@ def mlflow_store(tmp_path, monkeypatch):
     mlflow.tracking.fluent._active_experiment_id = None
 
 
+@pytest.fixture
+def gemini_env(request, monkeypatch):
+    """GEMINI_API_KEY set to the test module's SECRET (a dummy where it has none), and no other
+    variable that would make google-genai pick another key or endpoint."""
+    monkeypatch.setenv("GEMINI_API_KEY", getattr(request.module, "SECRET", "dummy-key-for-the-fake-server"))
+    for name in ("GOOGLE_API_KEY", "GOOGLE_GENAI_USE_VERTEXAI", "GOOGLE_GENAI_USE_ENTERPRISE"):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
 def _shared_data_dir() -> Path:
     explicit = os.environ.get("DISTILL_SHARED_DATA")
     if explicit:

@@ -78,13 +78,6 @@ def scripted():
     return answer
 
 
-@pytest.fixture
-def gemini_env(monkeypatch):
-    monkeypatch.setenv("GEMINI_API_KEY", "dummy-key-for-the-fake-server")
-    monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
-    return monkeypatch
-
-
 def live_config(tmp_path: Path, name: str, **overrides) -> AugmentConfig:
     values = dict(
         teacher=MODEL,

@@ -20,13 +20,6 @@ from tests.fakes.fake_gemini import FakeGeminiServer, gemini_prompt, stage_proce
 from tests.mine_helpers import bundled_seeds, cache_rows, live_teacher_config, scripted_teacher
 
 
-@pytest.fixture
-def gemini_env(monkeypatch):
-    monkeypatch.setenv("GEMINI_API_KEY", "dummy-key-for-the-fake-server")
-    monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
-    return monkeypatch
-
-
 def mine_runs():
     import mlflow
 

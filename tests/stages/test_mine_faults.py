@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from distill.stages.mine import run
 from tests.fakes import FaultPlan, kill_in_flight, kill_when_settled
 from tests.fakes.fake_gemini import FakeGeminiServer, stage_process
@@ -29,13 +27,6 @@ from tests.mine_helpers import (
 REPO = Path(__file__).resolve().parents[2]
 
 FAULT_KINDS = ("429", "500", "503", "slow", "malformed", "truncated")
-
-
-@pytest.fixture
-def gemini_env(monkeypatch):
-    monkeypatch.setenv("GEMINI_API_KEY", "dummy-key-for-the-fake-server")
-    monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
-    return monkeypatch
 
 
 def test_every_item_finishes_through_every_fault_and_nothing_is_fetched_twice(

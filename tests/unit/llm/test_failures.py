@@ -30,14 +30,6 @@ class Solution(BaseModel):
     answer: int
 
 
-@pytest.fixture
-def gemini_env(monkeypatch):
-    monkeypatch.setenv("GEMINI_API_KEY", SECRET)
-    monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
-    monkeypatch.delenv("GOOGLE_GENAI_USE_VERTEXAI", raising=False)
-    return monkeypatch
-
-
 def schema_requests(n: int) -> list[Request]:
     return [
         Request.chat(f"문제 {i}: 답을 JSON으로", schema=Solution, temperature=0.0, label=f"q{i}") for i in range(n)

@@ -20,15 +20,6 @@ class Solution(BaseModel):
     answer: int
 
 
-@pytest.fixture
-def gemini_env(monkeypatch):
-    monkeypatch.setenv("GEMINI_API_KEY", SECRET)
-    monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
-    monkeypatch.delenv("GOOGLE_GENAI_USE_VERTEXAI", raising=False)
-    monkeypatch.delenv("GOOGLE_GENAI_USE_ENTERPRISE", raising=False)
-    return monkeypatch
-
-
 def mcq_requests(n: int) -> list[Request]:
     """n requests over n // 2 prompts: samples 0 and 1 of each, half with a schema, a third
     with thinking, a few multi-turn."""

@@ -15,13 +15,6 @@ from distill.llm.tracing import sampled
 SECRET = "AIzaFAKE-tracing-key-0123456789"
 
 
-@pytest.fixture
-def gemini_env(monkeypatch):
-    monkeypatch.setenv("GEMINI_API_KEY", SECRET)
-    monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
-    return monkeypatch
-
-
 def spans_by_key(trace) -> dict:
     return {s.attributes["distill.request_key"]: s for s in trace.data.spans if s.parent_id is not None}
 
