@@ -33,7 +33,7 @@ sends no LLM request and registers nothing twice; a changed parameter recomputes
 everything downstream of it; a failed step has no hash, so a rerun resumes there.
 `reuse=false` recomputes everything.
 
-The parent ends with the register step's report (`report/report.md`, `report/subjects.html`:
+The parent ends with the register step's report (`report/report.md`, the chart on `charts.html`:
 base vs trained per subject, accuracy and macro-F1, and the overall paired test), the headline
 metrics, and a summary of which steps ran and which were reused, which is also its description,
 with a link to every step's run and to the registered version.

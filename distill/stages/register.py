@@ -19,8 +19,8 @@
    exits 0, so a pipeline or a scheduled job goes on (and reports) instead of crashing; nothing
    is registered and the alias stays where it was.
 5. Reports on the register run: `report/report.md` (the reference study's per-subject table
-   and the overall paired test), `report/subjects.html` (plotly, base vs trained, accuracy and
-   macro-F1), plus the usual evaluation and comparison artifacts.
+   and the overall paired test), the base-vs-trained chart on the run's `charts.html` (accuracy
+   and macro-F1), plus the usual evaluation and comparison artifacts.
 
 In the MLflow UI the run is named after its candidate (`register <model> ← <candidate's name>`);
 its `eval/*` and `compare/*` metrics are linked to the candidate's logged model and the test
@@ -673,7 +673,7 @@ def log_report(
     decision: GateDecision,
     out_dir: Path,
 ) -> None:
-    """report/report.md, subjects.html and subjects.csv: base vs trained per subject, and the outcome."""
+    """report/report.md, subjects.csv and the chart on charts.html: base vs trained per subject, and the outcome."""
     from distill.reports import log_report as log_subject_report
 
     title = f"{candidate.student}: base vs trained adapter (run {candidate.run_id[:8]}) on {Path(dataset).name}"

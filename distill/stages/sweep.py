@@ -16,7 +16,7 @@ How one sweep is laid out in MLflow and Optuna:
   resumed sweep and every worker of a distributed one log under the same parent
   (`distill.sweep_runs`).
 - Pruning: training measures the dev split every `dev_eval_steps` steps
-  (`TrainConfig.dev_eval_steps`, logged as `dev_curve/*`); each measurement is reported to the
+  (`TrainConfig.dev_eval_steps`, logged as `dev/*` at that step); each measurement is reported to the
   trial, and the pruner (median, percentile, Hyperband, threshold or none) may stop it.
   A pruned trial is PRUNED in Optuna and its child run is KILLED, tagged
   `distill.sweep.trial_state=PRUNED`.

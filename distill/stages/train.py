@@ -198,7 +198,7 @@ class TrainConfig:
     dev_eval_steps: int = field(
         default=0,
         metadata={
-            "help": "Also measure the dev split every this many optimizer steps during training, logged as dev_curve/* at that step (a sweep prunes on it). 0: only after training."
+            "help": "Also measure the dev split every this many optimizer steps during training, logged as dev/* at that step, one curve per figure (a sweep prunes on it). 0: only after training."
         },
     )
 
