@@ -176,28 +176,27 @@ def mark_dead_child(study: Any, trial: Any) -> None:
             client.set_terminated(run_id, "FAILED")
 
 
-def figures_html(study: Any, folder: Path) -> dict[str, str]:
-    """Optuna's plotly figures as HTML files; {file: note} for those that could not be drawn."""
+def log_optuna_figures(study: Any) -> dict[str, str]:
+    """Optuna's plotly figures on the active (parent) run's chart page, sections `optuna/<name>`
+    (plotly.js once per run, not once per figure); {name: note} for those that could not be drawn."""
     import optuna
     from optuna.trial import TrialState
 
-    from distill.charts import figure_html
-    from distill.io import write_text_atomic
+    from distill.charts import log_figure
 
-    folder.mkdir(parents=True, exist_ok=True)
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     notes: dict[str, str] = {}
     plots = {
-        "optimization_history.html": lambda: optuna.visualization.plot_optimization_history(study),
-        "parallel_coordinate.html": lambda: optuna.visualization.plot_parallel_coordinate(study),
-        "intermediate_values.html": lambda: optuna.visualization.plot_intermediate_values(study),
+        "optimization_history": lambda: optuna.visualization.plot_optimization_history(study),
+        "parallel_coordinate": lambda: optuna.visualization.plot_parallel_coordinate(study),
+        "intermediate_values": lambda: optuna.visualization.plot_intermediate_values(study),
     }
     if len(complete) >= 2:
-        plots["param_importances.html"] = lambda: optuna.visualization.plot_param_importances(
+        plots["param_importances"] = lambda: optuna.visualization.plot_param_importances(
             study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)
         )
     else:
-        notes["param_importances.html"] = f"needs at least 2 complete trials, has {len(complete)}"
+        notes["param_importances"] = f"needs at least 2 complete trials, has {len(complete)}"
     for name, make in plots.items():
         try:
             with warnings.catch_warnings():
@@ -206,7 +205,7 @@ def figures_html(study: Any, folder: Path) -> dict[str, str]:
         except Exception as exc:  # e.g. importances when no parameter varied among complete trials
             notes[name] = f"could not be drawn ({type(exc).__name__}: {exc})"
             continue
-        write_text_atomic(folder / name, figure_html(fig))
+        log_figure(fig, f"optuna/{name}", title=f"Optuna: {name.replace('_', ' ')}")
     return notes
 
 
@@ -248,18 +247,16 @@ def log_parent_results(study: Any, space: SweepSpace, folder: Path) -> dict[str,
         metrics.update(_best_dev_metrics(best["run_id"]))
     tracking.log_metrics(metrics)
     folder.mkdir(parents=True, exist_ok=True)
-    notes = figures_html(study, folder / "optuna")
-    tracking.set_tags(
-        {f"sweep.figure_note.{name.removesuffix('.html')}": note.split(" (", 1)[0] for name, note in notes.items()}
-    )
+    notes = log_optuna_figures(study)
+    tracking.set_tags({f"sweep.figure_note.{name}": note.split(" (", 1)[0] for name, note in notes.items()})
     if notes:
-        write_text_atomic(folder / "optuna" / "figure_notes.json", json.dumps(notes, indent=2) + "\n")
+        write_text_atomic(folder / "figure_notes.json", json.dumps(notes, indent=2) + "\n")
+        tracking.log_artifact(folder / "figure_notes.json", "optuna")
     _trials_table(study, folder / "trials.csv")
     write_text_atomic(
         folder / "best.json",
         json.dumps({**best, "objective": space.objective, "direction": space.direction}, indent=2, default=str) + "\n",
     )
-    tracking.log_artifacts(folder / "optuna", "optuna")
     tracking.log_artifact(folder / "trials.csv", "optuna")
     tracking.log_artifact(folder / "best.json")
     return best
