@@ -82,8 +82,8 @@ def test_the_run_page_keeps_every_figure_across_processes(mlflow_store, tmp_path
 
 
 def test_a_runs_chart_artifacts_carry_plotly_js_at_most_once(mlflow_store, tmp_path):
-    """What a train or register run logs (both evaluations, the comparison, the report, the
-    error analysis): every chart on one page, plotly.js in it once."""
+    """What a train or register run logs (its evaluation, the comparison with the base, the
+    report, the error analysis): every chart on one page, plotly.js in it once."""
     import mlflow
 
     from distill.error_analysis import log_error_analysis
@@ -111,15 +111,14 @@ def test_a_runs_chart_artifacts_carry_plotly_js_at_most_once(mlflow_store, tmp_p
     assert sum(text.count(PLOTLY_BANNER) for text in pages.values()) == 1
     assert list(pages) == [charts.RUN_PAGE]
     assert list(charts.page_sections(pages[charts.RUN_PAGE])) == [
-        "evaluation/subject_metrics",
-        "evaluation_base/subject_metrics",
+        "evaluation/subject_metrics",  # the base's own chart is on its base run, not repeated here
         "comparison/comparison",
         "report/subjects",
         "errors/confusion",
         "errors/position_bias",
         "errors/changes",
     ]
-    assert pages[charts.RUN_PAGE].count("Plotly.newPlot") == 7
+    assert pages[charts.RUN_PAGE].count("Plotly.newPlot") == 6
     # The data files stay where they were; no HTML is written beside them.
     assert not list((tmp_path / "run").rglob("*.html")) and not list((tmp_path / "report").rglob("*.html"))
     assert {"report/report.md", "report/subjects.csv"} == {
