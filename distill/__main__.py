@@ -3,6 +3,7 @@
     python -m distill <stage> [--config run.yaml] [--<field> value ...]
     python -m distill data {check,convert} --dataset FILE ...
     python -m distill generate [--check]      # MLproject + README tables from the registry
+    python -m distill llm {jobs,import-batch} ...   # provider batch jobs, vllm run-batch output
 
 The stages come from `distill.stages.STAGES`, the only list of them.
 """
@@ -17,6 +18,7 @@ from distill.stages import STAGES, get
 
 TOOLS = {
     "data": "Check or convert a multiple-choice file (python -m distill data --help).",
+    "llm": "Provider batch jobs of a response cache; import vllm run-batch output (python -m distill llm --help).",
     "generate": "Regenerate MLproject and the README's parameter tables from the stage registry (--check: only compare).",
 }
 
@@ -61,6 +63,11 @@ def main(argv: list[str] | None = None) -> None:
         return
     if command == "generate":
         _generate(argv)
+        return
+    if command == "llm":
+        from distill.llm.cli import main as llm_main
+
+        llm_main(argv)
         return
     stage = get(command)
     cfg = parse_config(stage.config_class(), argv, prog=f"python -m distill {stage.name}")

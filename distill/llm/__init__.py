@@ -9,7 +9,9 @@ Beside the backends: `errors` (the one taxonomy of failures: transient, permanen
 unusable), `roles` (check a stage role's backend and model, build its backend, report its
 usage, fail a stage past its failure rate), `tracing` (each batch a trace of the active MLflow
 run), `recording` (the one format of recorded responses and its importer) and `templates`
-(the one prompt-filling engine over distill/resources/prompts).
+(the one prompt-filling engine over distill/resources/prompts), `batch` (gemini and openai
+requests as provider batch jobs at batch prices, stored in the cache database and re-attached
+after a kill; export for `vllm run-batch` and `python -m distill llm import-batch`).
 """
 
 from distill.llm.base import (

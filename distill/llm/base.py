@@ -413,6 +413,15 @@ class Usage:
     """Answers (fetched or cached) that stopped at the output token limit."""
     repairs: int = 0
     """Repair requests made for answers that failed their schema (fetched or cached)."""
+    batch: int = 0
+    """1 when the backend sends its requests as provider batch jobs (mode batch or export)."""
+    batch_jobs: int = 0
+    """Provider batch jobs this run created (resubmissions and retry jobs included)."""
+    batch_resubmitted: int = 0
+    """Requests of an expired or failed job sent again in a new job (once at most per request)."""
+    online_cost_usd: float = 0.0
+    """What the fetched tokens cost at online prices (equals cost_usd in online mode): the
+    saving of batch mode is online_cost_usd - cost_usd."""
 
     def as_dict(self, prefix: str = "") -> dict[str, float]:
         return {f"{prefix}{k}": v for k, v in dataclasses.asdict(self).items()}
@@ -428,6 +437,11 @@ class Usage:
             f"{self.retries} retries, {self.failures} failures, tokens in/out "
             f"{self.input_tokens}/{self.output_tokens}, est. cost ${self.cost_usd:.4f}"
         )
+        if self.batch:
+            line += (
+                f"; batch mode: {self.batch_jobs} jobs, {self.batch_resubmitted} resubmitted, est. cost at online prices "
+                f"${self.online_cost_usd:.4f} (saved ${self.online_cost_usd - self.cost_usd:.4f})"
+            )
         extra = [
             f"{value} {name}"
             for name, value in (
@@ -705,6 +719,12 @@ class CachedBackend:
         self._lock = threading.Lock()
         self._breaker = CircuitBreaker(self.retry.circuit_breaker)
         self._stopped: BackendStopped | None = None
+        self.mode = "online"
+        """online: one HTTP call per request; batch: provider batch jobs (distill/llm/batch.py);
+        export: write the batch JSONL for an offline run (vllm run-batch) and stop."""
+        from distill.llm.batch import BatchSettings
+
+        self.batch_settings = BatchSettings()
 
     # -- the parts a subclass provides ---------------------------------------------------------
 
@@ -825,7 +845,12 @@ class CachedBackend:
                     bar.set_postfix(retries=self.usage.retries, failed=self.usage.failures, refresh=False)
 
             try:
-                await asyncio.gather(*(fetch(k, idx) for k, idx in to_fetch.items()))
+                if self.mode == "online":
+                    await asyncio.gather(*(fetch(k, idx) for k, idx in to_fetch.items()))
+                else:
+                    from distill.llm.batch import fetch_in_batches
+
+                    await fetch_in_batches(self, requests, to_fetch, results, bar)
             finally:
                 if bar is not None:
                     bar.close()
@@ -864,7 +889,13 @@ class CachedBackend:
         self.usage.fetched += 1
         self.usage.input_tokens += response.input_tokens
         self.usage.output_tokens += response.output_tokens
-        self.usage.cost_usd += self.prices.cost(self.model, response.input_tokens, response.output_tokens)
+        online = self.prices.cost(self.model, response.input_tokens, response.output_tokens)
+        self.usage.online_cost_usd += online
+        self.usage.cost_usd += (
+            online
+            if self.mode == "online"
+            else self.prices.cost(self.model, response.input_tokens, response.output_tokens, batch=True)
+        )
 
     def _stop(self, reason: str, message: str) -> None:
         """Send nothing more: requests in flight finish (and are stored), the batch then raises."""

@@ -7,15 +7,23 @@ first answer stored for a key wins and is never replaced), with a busy timeout s
 writers wait instead of failing. Each thread (and each process) gets its own connection.
 
 Only responses and a description of the request are stored; never credentials.
+
+Provider batch jobs (distill/llm/batch.py) live in the same file: `batch_jobs` holds each job's
+name and the request keys it carries, written the moment the provider created the job (so a
+killed stage re-attaches to it instead of paying twice), and `batch_results` holds result lines
+imported from a file (`python -m distill llm import-batch`, e.g. the output of `vllm run-batch`)
+until the stage that asked for them turns them into responses.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import threading
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from distill.llm.base import Response, iter_chunks
@@ -31,7 +39,52 @@ CREATE TABLE IF NOT EXISTS responses (
 )
 """
 
+_BATCH_SCHEMA = (
+    """
+CREATE TABLE IF NOT EXISTS batch_jobs (
+    name        TEXT PRIMARY KEY,
+    backend     TEXT NOT NULL,
+    model       TEXT NOT NULL,
+    keys        TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    attempt     INTEGER NOT NULL,
+    state       TEXT NOT NULL,
+    closed      INTEGER NOT NULL DEFAULT 0,
+    created_at  REAL NOT NULL,
+    updated_at  REAL NOT NULL
+)
+""",
+    """
+CREATE TABLE IF NOT EXISTS batch_results (
+    key         TEXT PRIMARY KEY,
+    job         TEXT NOT NULL,
+    line        TEXT NOT NULL,
+    created_at  REAL NOT NULL
+)
+""",
+)
+
 BUSY_TIMEOUT_MS = 60_000
+
+
+@dataclass(frozen=True)
+class BatchJobRecord:
+    """One provider batch job as the cache database remembers it."""
+
+    name: str
+    backend: str
+    model: str
+    keys: tuple[str, ...]
+    """The request keys the job carries (its requests' cache keys)."""
+    kind: str
+    """first (new requests), retry (transient per-request errors of an earlier job) or
+    resubmit (the unfinished requests of an expired or failed job: done at most once)."""
+    attempt: int
+    """1 for a request's first job, +1 for each retry job."""
+    state: str
+    closed: bool
+    """Its results were collected (or given up on): never re-attached."""
+    created_at: float
 
 
 class ResponseCache:
@@ -80,6 +133,8 @@ class ResponseCache:
             # or power loss can drop the last commits), and it costs no fsync per row.
             conn.execute("PRAGMA synchronous=NORMAL")
             self._retry_locked(lambda: conn.execute(_SCHEMA))
+            for statement in _BATCH_SCHEMA:
+                self._retry_locked(lambda statement=statement: conn.execute(statement))
         self._local.conn = conn
         self._local.pid = os.getpid()
         with self._lock:
@@ -160,6 +215,86 @@ class ResponseCache:
             (key, response.backend, response.model, response.to_cache_json(), request, time.time()),
         )
         return cursor.rowcount == 1
+
+    # -- provider batch jobs -------------------------------------------------------------------
+
+    def add_batch_job(
+        self, name: str, *, backend: str, model: str, keys: Iterable[str], kind: str, attempt: int, state: str
+    ) -> None:
+        """Remember a job the provider just created (called before anything else can fail)."""
+        now = time.time()
+        self._connection().execute(
+            "INSERT OR REPLACE INTO batch_jobs (name, backend, model, keys, kind, attempt, state, closed, created_at,"
+            " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
+            (name, backend, model, json.dumps(list(keys)), kind, int(attempt), state, now, now),
+        )
+
+    def update_batch_job(self, name: str, *, state: str, closed: bool = False) -> None:
+        self._connection().execute(
+            "UPDATE batch_jobs SET state = ?, closed = MAX(closed, ?), updated_at = ? WHERE name = ?",
+            (state, int(closed), time.time(), name),
+        )
+
+    def batch_jobs(
+        self, backend: str | None = None, model: str | None = None, *, open_only: bool = False
+    ) -> list[BatchJobRecord]:
+        """Stored jobs, oldest first (of one backend and model when given; `open_only`: not closed)."""
+        sql = "SELECT name, backend, model, keys, kind, attempt, state, closed, created_at FROM batch_jobs WHERE 1=1"
+        args: list = []
+        if backend is not None:
+            sql, args = sql + " AND backend = ?", [*args, backend]
+        if model is not None:
+            sql, args = sql + " AND model = ?", [*args, model]
+        if open_only:
+            sql += " AND closed = 0"
+        rows = self._connection().execute(sql + " ORDER BY created_at, name", args).fetchall()
+        return [
+            BatchJobRecord(
+                name=row[0],
+                backend=row[1],
+                model=row[2],
+                keys=tuple(json.loads(row[3])),
+                kind=row[4],
+                attempt=int(row[5]),
+                state=row[6],
+                closed=bool(row[7]),
+                created_at=float(row[8]),
+            )
+            for row in rows
+        ]
+
+    def put_batch_results(self, job: str, lines: Iterable[tuple[str, str]]) -> int:
+        """Store imported result lines (key, line JSON) of `job` in one transaction; a later
+        import of the same key replaces the earlier one. Returns the lines stored."""
+        rows = [(key, job, line, time.time()) for key, line in lines]
+        conn = self._connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(
+                "INSERT OR REPLACE INTO batch_results (key, job, line, created_at) VALUES (?, ?, ?, ?)", rows
+            )
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return len(rows)
+
+    def batch_results(self, keys: Iterable[str]) -> dict[str, str]:
+        """Imported result lines by key, for the keys that have one."""
+        found: dict[str, str] = {}
+        conn = self._connection()
+        for chunk in iter_chunks(list(dict.fromkeys(keys)), 500):
+            marks = ",".join("?" * len(chunk))
+            for key, line in conn.execute(f"SELECT key, line FROM batch_results WHERE key IN ({marks})", tuple(chunk)):
+                found[key] = line
+        return found
+
+    def drop_batch_results(self, keys: Iterable[str]) -> None:
+        """Forget imported lines once their responses are in the cache."""
+        conn = self._connection()
+        for chunk in iter_chunks(list(dict.fromkeys(keys)), 500):
+            marks = ",".join("?" * len(chunk))
+            conn.execute(f"DELETE FROM batch_results WHERE key IN ({marks})", tuple(chunk))
 
     def export(self, destination: str | os.PathLike, keys: Iterable[str] | None = None) -> int:
         """Copy entries (all, or `keys`) into a new self-contained file in rollback-journal mode,

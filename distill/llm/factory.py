@@ -26,6 +26,9 @@ def make_backend(
     api_key: str | None = None,
     base_url: str | None = None,
     seed: int = 0,
+    # gemini and openai
+    mode: str = "online",
+    batch=None,
     # gemini only
     transport: str = "rest",
     # local only
@@ -49,6 +52,8 @@ def make_backend(
     loading `model` (the name still goes into the cache key).
     `transport` (gemini): "rest" (default, fast) or "sdk" (google-genai's typed generate_content).
     `max_repairs`, `circuit_breaker` (network backends): see `distill.llm.base.RetryPolicy`.
+    `mode` (gemini, openai): online, batch (provider batch jobs at batch prices) or export
+    (openai: write the batch JSONL for `vllm run-batch`); `batch`: a `distill.llm.batch.BatchSettings`.
     """
     from distill.llm.base import RetryPolicy
     from distill.llm.cache import open_cache
@@ -69,6 +74,8 @@ def make_backend(
             cache=open_cache(cache, readonly=_readonly_if_unwritable(cache)),
             recorded_by=recorded_by or RECORDING_BACKENDS,
         )
+    if kind in ("local",) and str(mode or "online").strip().lower() != "online":
+        raise ConfigError(f"the {kind} backend has no batch mode (mode={mode!r}); use online")
     response_cache = open_cache(cache)
     if kind == "local":
         from distill.llm.local import LocalBackend
@@ -100,13 +107,20 @@ def make_backend(
         base_url=base_url,
         seed=seed,
     )
+    from distill.llm.batch import BatchSettings, check_mode
+
+    mode = check_mode("backend", kind, mode)
     if kind == "gemini":
         from distill.llm.gemini import GeminiBackend
 
-        return GeminiBackend(model, transport=transport, **common)
-    from distill.llm.openai_compat import OpenAIBackend
+        backend = GeminiBackend(model, transport=transport, **common)
+    else:
+        from distill.llm.openai_compat import OpenAIBackend
 
-    return OpenAIBackend(model, **common)
+        backend = OpenAIBackend(model, **common)
+    backend.mode = mode
+    backend.batch_settings = batch or BatchSettings()
+    return backend
 
 
 def _readonly_if_unwritable(cache) -> bool:

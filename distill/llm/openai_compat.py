@@ -26,8 +26,113 @@ from distill.llm.gemini import REQUEST_KEY_HEADER
 
 DEFAULT_BASE_URL = "http://localhost:8000/v1"
 
+OPENAI_BATCH_MAX_REQUESTS = 50_000
+OPENAI_BATCH_MAX_BYTES = 190_000_000
+"""The Batch API takes up to 50,000 requests and a 200 MB input file per job."""
 
-class OpenAIBackend(CachedBackend):
+_BATCH_STATES = {
+    "validating": "PENDING",
+    "in_progress": "RUNNING",
+    "finalizing": "RUNNING",
+    "cancelling": "RUNNING",
+    "completed": "SUCCEEDED",
+    "failed": "FAILED",
+    "expired": "EXPIRED",
+    "cancelled": "CANCELLED",
+}
+
+
+class _OpenAIBatch:
+    """Batch mode (distill/llm/batch.py) over `/v1/files` + `/v1/batches`: the input is the
+    OpenAI batch JSONL (`custom_id` = the request key, `body` = the online payload), which is
+    also what `vllm run-batch` reads in export mode; results are parsed by the online parser."""
+
+    def batch_limits(self) -> tuple[int, int]:
+        return OPENAI_BATCH_MAX_REQUESTS, OPENAI_BATCH_MAX_BYTES
+
+    def batch_line(self, key: str, request: Request) -> dict[str, Any]:
+        return {"custom_id": key, "method": "POST", "url": "/v1/chat/completions", "body": self.payload(request)}
+
+    async def _batch_http(self, method: str, path: str, **kwargs):
+        import httpx
+
+        try:
+            reply = await self._client.request(method, f"{self.base_url}/{path}", **kwargs)
+        except httpx.TimeoutException:
+            raise TransientError(f"timed out after {self.retry.timeout_s:g}s", kind="timeout") from None
+        except Exception as exc:
+            raise client_error(exc) from None
+        if reply.status_code != 200:
+            detail = reply.text[:300].replace("\n", " ")
+            raise status_error(reply.status_code, detail, parse_retry_after(reply.headers.get("retry-after")))
+        return reply
+
+    async def _batch_json(self, method: str, path: str, **kwargs) -> dict[str, Any]:
+        reply = await self._batch_http(method, path, **kwargs)
+        try:
+            return json.loads(reply.content)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise TransientError(f"malformed JSON body ({exc})", kind="malformed body") from None
+
+    async def _batch_create(self, lines, display_name: str) -> tuple[str, str]:
+        data = "".join(json.dumps(line, ensure_ascii=False) + "\n" for _, line in lines).encode("utf-8")
+        uploaded = await self._batch_json(
+            "POST",
+            "files",
+            data={"purpose": "batch"},
+            files={"file": (f"{display_name}.jsonl", data, "application/jsonl")},
+        )
+        job = await self._batch_json(
+            "POST",
+            "batches",
+            json={
+                "input_file_id": uploaded["id"],
+                "endpoint": "/v1/chat/completions",
+                "completion_window": "24h",
+                "metadata": {"display_name": display_name},
+            },
+        )
+        return job["id"], _BATCH_STATES.get(str(job.get("status")), "PENDING")
+
+    async def _batch_status(self, name: str):
+        from distill.llm.batch import JobStatus
+
+        job = await self._batch_json("GET", f"batches/{name}")
+        counts = job.get("request_counts") or {}
+        errors = [e.get("message", "") for e in ((job.get("errors") or {}).get("data") or [])]
+        return JobStatus(
+            _BATCH_STATES.get(str(job.get("status")), "PENDING"),
+            int(counts.get("completed") or 0) + int(counts.get("failed") or 0),
+            int(counts.get("total") or 0),
+            "; ".join(errors),
+        )
+
+    async def _batch_results(self, name: str) -> dict[str, Any]:
+        job = await self._batch_json("GET", f"batches/{name}")
+        lines: dict[str, Any] = {}
+        # The error file first: a request in both (a retried line) keeps its answer.
+        for file_id in (job.get("error_file_id"), job.get("output_file_id")):
+            if not file_id:
+                continue
+            reply = await self._batch_http("GET", f"files/{file_id}/content")
+            for text in reply.text.splitlines():
+                if text.strip():
+                    try:
+                        line = json.loads(text)
+                    except json.JSONDecodeError as exc:
+                        raise TransientError(
+                            f"malformed batch result line ({exc.msg})", kind="malformed body"
+                        ) from None
+                    lines[str(line.get("custom_id"))] = line
+        return lines
+
+    def _batch_outcome(self, raw: dict[str, Any], request: Request):
+        from distill.llm.batch import openai_outcome
+
+        return openai_outcome(raw, request, _to_response)
+
+
+class OpenAIBackend(_OpenAIBatch, CachedBackend):
     name = "openai"
 
     def __init__(
@@ -67,7 +172,8 @@ class OpenAIBackend(CachedBackend):
     async def _open(self) -> None:
         import httpx
 
-        headers = {"Content-Type": "application/json"}
+        # No default Content-Type: `json=` sets it per request, and a batch file upload is multipart.
+        headers: dict[str, str] = {}
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
         limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)

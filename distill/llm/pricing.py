@@ -4,8 +4,12 @@ The built-in table is data, not logic: published list prices (standard tier, pro
 200k tokens, reasoning tokens billed as output) as of the date below. Prices change; pass your
 own table as a YAML or JSON file (`PriceTable.from_file`) whose entries replace or extend these:
 
-    gemini-2.5-flash: {input: 0.30, output: 2.50}
+    gemini-2.5-flash: {input: 0.30, output: 2.50, batch_input: 0.15, batch_output: 1.25}
     my-vllm-model:    {input: 0, output: 0}
+
+The batch columns are the provider's batch-mode prices (Gemini batch mode and the OpenAI Batch
+API both bill half the online price); an entry without them is billed in batch mode at
+`BATCH_DISCOUNT` times its online price.
 
 A model is matched exactly first, then by the longest table entry that prefixes it (so
 `gemini-2.5-flash-preview-09-2025` is priced as `gemini-2.5-flash`). An unknown model costs 0
@@ -38,10 +42,29 @@ DEFAULT_PRICES: dict[str, tuple[float, float]] = {
     "gpt-4.1-mini": (0.40, 1.60),
 }
 
+DEFAULT_BATCH_PRICES: dict[str, tuple[float, float]] = {
+    # The batch column: published batch-mode prices (USD per 1M input, per 1M output tokens).
+    "gemini-2.5-pro": (0.625, 5.00),
+    "gemini-2.5-flash": (0.15, 1.25),
+    "gemini-2.5-flash-lite": (0.05, 0.20),
+    "gemini-2.0-flash": (0.05, 0.20),
+    "gemini-2.0-flash-lite": (0.0375, 0.15),
+    "gemini-3-pro-preview": (1.00, 6.00),
+    "gpt-4o": (1.25, 5.00),
+    "gpt-4o-mini": (0.075, 0.30),
+    "gpt-4.1": (1.00, 4.00),
+    "gpt-4.1-mini": (0.20, 0.80),
+}
+
+BATCH_DISCOUNT = 0.5
+"""Batch price / online price for a model the batch column does not list (both providers' rate)."""
+
 
 @dataclass
 class PriceTable:
     prices: dict[str, tuple[float, float]] = field(default_factory=lambda: dict(DEFAULT_PRICES))
+    batch_prices: dict[str, tuple[float, float]] = field(default_factory=lambda: dict(DEFAULT_BATCH_PRICES))
+    """The batch column; a model missing here is billed BATCH_DISCOUNT times its online price."""
     _warned: set[str] = field(default_factory=set, repr=False)
 
     @classmethod
@@ -51,7 +74,7 @@ class PriceTable:
     @classmethod
     def free(cls) -> PriceTable:
         """Every model costs 0 without warnings (local and replay backends)."""
-        table = cls(prices={})
+        table = cls(prices={}, batch_prices={})
         table._warned = _Everything()
         return table
 
@@ -78,24 +101,32 @@ class PriceTable:
                 raise InputError(path, f"not valid YAML ({exc})") from None
         if not isinstance(data, dict):
             raise InputError(path, "a price table maps model names to {input, output} prices")
-        table = cls() if extend_defaults else cls(prices={})
+        table = cls() if extend_defaults else cls(prices={}, batch_prices={})
         for model, entry in data.items():
             table.prices[str(model)] = _parse_entry(path, str(model), entry)
+            batch = _parse_batch_entry(path, str(model), entry)
+            if batch is not None:
+                table.batch_prices[str(model)] = batch
+            else:  # a new online price must not keep an old batch price
+                table.batch_prices.pop(str(model), None)
         return table
 
-    def lookup(self, model: str) -> tuple[float, float] | None:
-        if model in self.prices:
-            return self.prices[model]
-        name = model.split("/")[-1]  # "models/gemini-2.5-flash" and "org/model" forms
-        if name in self.prices:
-            return self.prices[name]
-        prefixes = [p for p in self.prices if name.startswith(p)]
-        if not prefixes:
-            return None
-        return self.prices[max(prefixes, key=len)]
+    def lookup(self, model: str, *, batch: bool = False) -> tuple[float, float] | None:
+        """(input, output) USD per 1M tokens; `batch`: the batch-mode column."""
+        if batch:
+            own = _match(self.batch_prices, model)
+            online = _match(self.prices, model)
+            if own is not None and (online is None or len(own[0]) >= len(online[0])):
+                return own[1]
+            if online is None:
+                return None
+            return online[1][0] * BATCH_DISCOUNT, online[1][1] * BATCH_DISCOUNT
+        found = _match(self.prices, model)
+        return None if found is None else found[1]
 
-    def cost(self, model: str, input_tokens: int, output_tokens: int) -> float:
-        price = self.lookup(model)
+    def cost(self, model: str, input_tokens: int, output_tokens: int, *, batch: bool = False) -> float:
+        """Estimated USD of these tokens, at online prices or (`batch`) at batch-mode prices."""
+        price = self.lookup(model, batch=batch)
         if price is None:
             if model not in self._warned:
                 self._warned.add(model)
@@ -105,6 +136,20 @@ class PriceTable:
                 )
             return 0.0
         return (input_tokens * price[0] + output_tokens * price[1]) / 1_000_000
+
+
+def _match(prices: dict[str, tuple[float, float]], model: str) -> tuple[str, tuple[float, float]] | None:
+    """(matched entry, price): the exact name, then the longest entry that prefixes it."""
+    if model in prices:
+        return model, prices[model]
+    name = model.split("/")[-1]  # "models/gemini-2.5-flash" and "org/model" forms
+    if name in prices:
+        return name, prices[name]
+    prefixes = [p for p in prices if name.startswith(p)]
+    if not prefixes:
+        return None
+    best = max(prefixes, key=len)
+    return best, prices[best]
 
 
 class _Everything(set):
@@ -126,6 +171,17 @@ def _parse_entry(path, model: str, entry) -> tuple[float, float]:
         except (TypeError, ValueError):
             pass
     raise InputError(path, "needs {input: USD per 1M, output: USD per 1M}", field=model)
+
+
+def _parse_batch_entry(path, model: str, entry) -> tuple[float, float] | None:
+    from distill.errors import InputError
+
+    if not isinstance(entry, dict) or ("batch_input" not in entry and "batch_output" not in entry):
+        return None
+    try:
+        return float(entry["batch_input"]), float(entry["batch_output"])
+    except (KeyError, TypeError, ValueError):
+        raise InputError(path, "needs numeric 'batch_input' and 'batch_output' together", field=model) from None
 
 
 def load_prices(spec: PriceTable | str | os.PathLike | None) -> PriceTable:

@@ -31,6 +31,14 @@ from distill.llm.recording import EXAMPLE_MODELS, RECORDED_BACKEND
 ROLES = ("teacher", "student", "judge", "verifier")
 
 
+def check_mode(role: str, kind: str, mode: Any) -> str:
+    """The normalised `<role>_mode` (online, batch, export) for the role's backend kind; a
+    ConfigError names the field when that backend cannot do it."""
+    from distill.llm.batch import check_mode as check
+
+    return check(role, kind, mode)
+
+
 def check_role(role: str, kind: Any, model: Any) -> tuple[str, str]:
     """The normalised (backend kind, model name) of a role; a ConfigError names the field at fault
     (`<role>_backend` or `<role>`)."""
@@ -73,6 +81,12 @@ class BackendSettings:
     """Stop a backend whose first N requests all end the same way without a usable answer."""
     trace_requests: int = 16
     """Requests per batch with a trace span of their own."""
+    batch_timeout_s: float = 86_400.0
+    """Batch mode: stop waiting for the provider's jobs after this long (a rerun re-attaches)."""
+    batch_poll_s: float = 30.0
+    """Batch mode: first wait between polls of a job (then x1.5, up to 10 minutes)."""
+    batch_dir: str = "outputs/batch"
+    """Export mode: where the batch JSONL files for `vllm run-batch` are written."""
 
     @classmethod
     def of(cls, cfg: Any) -> BackendSettings:
@@ -92,12 +106,27 @@ class BackendSettings:
             max_repairs=cfg.max_repairs,
             circuit_breaker=cfg.circuit_breaker,
             trace_requests=cfg.trace_requests,
+            batch_timeout_s=getattr(cfg, "batch_timeout_s", cls.batch_timeout_s),
+            batch_poll_s=getattr(cfg, "batch_poll_s", cls.batch_poll_s),
+            batch_dir=getattr(cfg, "batch_dir", cls.batch_dir),
+        )
+
+    def batch(self):
+        """The batch-mode settings of a backend (distill.llm.batch.BatchSettings)."""
+        from distill.llm.batch import BatchSettings
+
+        return BatchSettings(
+            timeout_s=self.batch_timeout_s,
+            poll_s=self.batch_poll_s,
+            poll_max_s=max(self.batch_poll_s, BatchSettings.poll_max_s),
+            export_dir=self.batch_dir,
         )
 
 
-def role_backend(kind: str, model: str, *, cache, settings: BackendSettings, role: str = ""):
+def role_backend(kind: str, model: str, *, cache, settings: BackendSettings, role: str = "", mode: str = "online"):
     """The backend of one role, in front of the run's response cache (a ResponseCache); `role`
-    names its trace spans."""
+    names its trace spans; `mode` (gemini, openai): online, batch or export (checked by
+    `check_mode` against `<role>_mode`)."""
     from distill.llm.factory import make_backend
     from distill.llm.replay import RECORDING_BACKENDS
 
@@ -117,6 +146,7 @@ def role_backend(kind: str, model: str, *, cache, settings: BackendSettings, rol
         device=settings.device,
         batch_size=settings.batch_size,
         recorded_by=(RECORDED_BACKEND, *RECORDING_BACKENDS),
+        **({"mode": mode, "batch": settings.batch()} if kind in ("gemini", "openai") else {}),
     )
     backend.role = role
     backend.trace_requests = settings.trace_requests
@@ -142,6 +172,8 @@ LLM_HEADLINE = (
     "input_tokens",
     "output_tokens",
     "cost_usd",
+    "online_cost_usd",
+    "batch_jobs",
     "unanswered",
     "unusable",
     "blocked",

@@ -92,6 +92,28 @@ class AugmentConfig:
         default="replay",
         metadata={"help": "Teacher backend: gemini, openai, local or replay (answers only from the response cache)."},
     )
+    teacher_mode: str = field(
+        default="online",
+        metadata={
+            "help": "online: one HTTP call per request; batch (gemini, openai): the requests the cache lacks go as provider batch jobs at batch prices (half), resumable after a kill; export (openai): write them as a batch JSONL for `vllm run-batch` and stop (see README, Provider batch mode)."
+        },
+    )
+    verifier_mode: str | None = unset_field(
+        "teacher", "Verifier requests: online, batch or export, as teacher_mode. Unset: the teacher's mode."
+    )
+    batch_timeout_s: float = field(
+        default=86400.0,
+        metadata={
+            "help": "Batch mode: stop waiting for the provider's jobs after this many seconds (the stage fails, reason batch_timeout); a rerun re-attaches to the stored jobs and sends nothing twice."
+        },
+    )
+    batch_poll_s: float = field(
+        default=30.0, metadata={"help": "Batch mode: first wait between polls of a job (then x1.5, up to 10 minutes)."}
+    )
+    batch_dir: str = field(
+        default="outputs/batch",
+        metadata={"help": "Export mode: where the batch JSONL files for `vllm run-batch` are written."},
+    )
     verify: bool = field(
         default=True,
         metadata={
@@ -219,12 +241,20 @@ class AugmentConfig:
             raise ConfigError("cache_path must name a file (the response cache)")
         self.verifier = self.verifier or self.teacher
         self.verifier_backend = self.verifier_backend or self.teacher_backend
-        from distill.llm.roles import check_role
+        self.verifier_mode = self.verifier_mode or (
+            self.teacher_mode if self.verifier_backend == self.teacher_backend else "online"
+        )
+        from distill.llm.roles import check_mode, check_role
 
         for role in ("teacher", "verifier"):
             kind, model = check_role(role, getattr(self, f"{role}_backend"), getattr(self, role))
             setattr(self, f"{role}_backend", kind)
             setattr(self, role, model)
+            setattr(self, f"{role}_mode", check_mode(role, kind, getattr(self, f"{role}_mode")))
+        if self.batch_timeout_s <= 0 or self.batch_poll_s < 0:
+            raise ConfigError(
+                f"batch_timeout_s must be positive and batch_poll_s >= 0, got {self.batch_timeout_s}, {self.batch_poll_s}"
+            )
 
     def _normalise(self) -> None:
         """Command-line text to values: empty strings to None, comma lists to lists, on/off to bool."""
@@ -233,6 +263,7 @@ class AugmentConfig:
             "plan",
             "verifier",
             "verifier_backend",
+            "verifier_mode",
             "replay_recording",
             "prices",
             "experiment",
@@ -661,7 +692,8 @@ def run(cfg: AugmentConfig) -> AugmentOutputs:
         settings = BackendSettings.of(cfg)
         for role in ("teacher", "verifier") if cfg.verify else ("teacher",):
             kind, model = getattr(cfg, f"{role}_backend"), getattr(cfg, role)
-            backends[role] = role_backend(kind, model, cache=cache, settings=settings, role=role)
+            mode = getattr(cfg, f"{role}_mode")
+            backends[role] = role_backend(kind, model, cache=cache, settings=settings, role=role, mode=mode)
         with tracking.start_run(run_name=run_name(cfg, prepared)) as active, tracking.tagging_failure():
             for line in resume_from_cache(cfg.cache_path):
                 print(line)

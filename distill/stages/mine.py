@@ -85,6 +85,28 @@ class MineConfig:
     student_backend: str = field(
         default="replay", metadata={"help": "Student backend: local, openai, gemini or replay."}
     )
+    teacher_mode: str = field(
+        default="online",
+        metadata={
+            "help": "online: one HTTP call per request; batch (gemini, openai): the requests the cache lacks go as provider batch jobs at batch prices (half), resumable after a kill; export (openai): write them as a batch JSONL for `vllm run-batch` and stop (see README, Provider batch mode). The judge uses the teacher's mode."
+        },
+    )
+    student_mode: str = field(
+        default="online", metadata={"help": "Student requests: online, batch or export, as teacher_mode."}
+    )
+    batch_timeout_s: float = field(
+        default=86400.0,
+        metadata={
+            "help": "Batch mode: stop waiting for the provider's jobs after this many seconds (the stage fails, reason batch_timeout); a rerun re-attaches to the stored jobs and sends nothing twice."
+        },
+    )
+    batch_poll_s: float = field(
+        default=30.0, metadata={"help": "Batch mode: first wait between polls of a job (then x1.5, up to 10 minutes)."}
+    )
+    batch_dir: str = field(
+        default="outputs/batch",
+        metadata={"help": "Export mode: where the batch JSONL files for `vllm run-batch` are written."},
+    )
     student_samples: int = field(
         default=3,
         metadata={
@@ -195,7 +217,7 @@ class MineConfig:
 
     def __post_init__(self) -> None:
         from distill.data.prompts import parse_thinking
-        from distill.llm.roles import check_role
+        from distill.llm.roles import check_mode, check_role
 
         for name in ("seeds", "subject_map", "recording", "error_types", "prices", "experiment"):
             value = getattr(self, name)
@@ -209,6 +231,11 @@ class MineConfig:
             kind, model = check_role(role, getattr(self, f"{role}_backend"), getattr(self, role))
             setattr(self, f"{role}_backend", kind)
             setattr(self, role, model)
+            setattr(self, f"{role}_mode", check_mode(role, kind, getattr(self, f"{role}_mode")))
+        if self.batch_timeout_s <= 0 or self.batch_poll_s < 0:
+            raise ConfigError(
+                f"batch_timeout_s must be positive and batch_poll_s >= 0, got {self.batch_timeout_s}, {self.batch_poll_s}"
+            )
         for name in ("student_samples", "teacher_samples", "max_output_tokens", "concurrency", "student_batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -527,7 +554,8 @@ def run(cfg: MineConfig) -> MineOutputs:
         settings = BackendSettings.of(cfg)
         for role in ("teacher", "student"):
             kind, model = getattr(cfg, f"{role}_backend"), getattr(cfg, role)
-            backends.append(role_backend(kind, model, cache=cache, settings=settings, role=role))
+            mode = getattr(cfg, f"{role}_mode")
+            backends.append(role_backend(kind, model, cache=cache, settings=settings, role=role, mode=mode))
         teacher, student = backends
         with (
             tracking.start_run(run_name=run_name(cfg, items)) as active,

@@ -17,6 +17,14 @@ Faults (names used in plans and scripts):
   "truncated"  200 with a valid answer body cut in half
   "disconnect" the connection is closed with no response
 
+Batch jobs (both fakes; `FakeBatchJob`): a job is PENDING for `batch_pending_s`, RUNNING until
+`batch_duration_s` after its creation (its progress grows with time), then SUCCEEDED. Its
+requests are answered once, when it ends, each recorded as a Call (path `batch:<job id>`) and
+decided by the same FaultPlan (a fault is a per-request error inside the finished job). A job
+whose ordinal (0-based, creation order) is in `expire_jobs` ends EXPIRED with only its first
+`expire_fraction` of requests answered; in `fail_jobs`, FAILED with none. `submissions` counts,
+per request key, how many jobs carried it (a request sent twice shows 2).
+
 A call's key is the `x-distill-request-key` header the distill backends send (the cache key),
 or a hash of the body. A success is recorded only after the whole body was written to an
 open connection.
@@ -140,6 +148,13 @@ class FakeLLMServer:
         self._hold_after: int | None = None
         self._admitted = 0
         self._release: asyncio.Event | None = None
+        self.batch_pending_s = 0.0
+        self.batch_duration_s = 0.3
+        self.expire_jobs: set[int] = set()
+        self.fail_jobs: set[int] = set()
+        self.expire_fraction = 0.5
+        self.jobs: dict[str, FakeBatchJob] = {}
+        self.submissions: dict[str, int] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner = None
@@ -290,6 +305,64 @@ class FakeLLMServer:
 
         return web.json_response(self.stats())
 
+    # -- batch jobs ----------------------------------------------------------------------------
+
+    def create_job(self, model: str, display_name: str, requests: list[tuple[str, Any]]) -> FakeBatchJob:
+        with self._lock:
+            ordinal = len(self.jobs)
+            job = FakeBatchJob(
+                id=f"job{ordinal:04d}{stable_hash(display_name, time.time()) % 10**8:08d}",
+                ordinal=ordinal,
+                model=model,
+                display_name=display_name,
+                requests=list(requests),
+                created=time.time(),
+            )
+            self.jobs[job.id] = job
+            for key, _ in requests:
+                self.submissions[key] = self.submissions.get(key, 0) + 1
+        return job
+
+    def advance(self, job: FakeBatchJob, build_body: Callable[[Any, str], dict]) -> tuple[str, int]:
+        """The job's state now; when it just ended, answer its requests (once: that is what is billed)."""
+        state, done = job.progress(self)
+        if state != "ENDED":
+            return state, done
+        with self._lock:
+            if job.results is None:
+                if job.ordinal in self.fail_jobs:
+                    answered, job.state = [], "FAILED"
+                elif job.ordinal in self.expire_jobs:
+                    cut = int(len(job.requests) * self.expire_fraction)
+                    answered, job.state = job.requests[:cut], "EXPIRED"
+                else:
+                    answered, job.state = job.requests, "SUCCEEDED"
+                job.results = []
+                for key, body in answered:
+                    attempt = self._attempts.get(key, 0) + 1
+                    self._attempts[key] = attempt
+                    call = Call(
+                        index=len(self.calls),
+                        path=f"batch:{job.id}",
+                        key=key,
+                        attempt=attempt,
+                        body=body if self.record_bodies else None,
+                        headers={},
+                        started=job.created,
+                    )
+                    self.calls.append(call)
+                    call.fault = self.faults.decide(call.index, key, attempt)
+                    answer = build_body(body, f"/batch/models/{job.model}") if call.fault is None else None
+                    call.outcome = "ok" if call.fault is None else "fault"
+                    call.finished = time.time()
+                    job.results.append((key, call.fault, answer))
+        return job.state, len(job.results)
+
+    def submitted_twice(self) -> list[str]:
+        """Request keys that more than one batch job carried."""
+        with self._lock:
+            return [key for key, n in self.submissions.items() if n > 1]
+
     # -- serving -------------------------------------------------------------------------------
 
     async def serve(self, request, build_body: Callable[[Any, str], dict], error_body: Callable[[int, str], dict]):
@@ -384,6 +457,34 @@ class FakeLLMServer:
         raise ValueError(f"unknown fault {fault!r}")
 
 
+@dataclass
+class FakeBatchJob:
+    """One batch job of a fake server: what it carries and, once it ended, its results."""
+
+    id: str
+    ordinal: int
+    model: str
+    display_name: str
+    requests: list[tuple[str, Any]]
+    """(key, request body) in submission order."""
+    created: float
+    state: str = "PENDING"
+    results: list[tuple[str, str | None, Any]] | None = None
+    """(key, fault or None, answer body), for the requests answered; None until the job ended."""
+
+    def progress(self, server: FakeLLMServer) -> tuple[str, int]:
+        """(state: PENDING, RUNNING, SUCCEEDED, EXPIRED or FAILED; requests done)."""
+        elapsed = time.time() - self.created
+        if self.results is not None:
+            return self.state, len(self.results)
+        if elapsed < server.batch_pending_s:
+            return "PENDING", 0
+        if elapsed < server.batch_duration_s:
+            span = max(1e-9, server.batch_duration_s - server.batch_pending_s)
+            return "RUNNING", int(len(self.requests) * (elapsed - server.batch_pending_s) / span)
+        return "ENDED", len(self.requests)
+
+
 def sqlite_rows(path) -> int:
     """Rows in a response cache file, read the way another process would (no distill code)."""
     import sqlite3
@@ -398,6 +499,11 @@ def sqlite_rows(path) -> int:
         return 0
     finally:
         conn.close()
+
+
+FAULT_STATUS = {"400": 400, "429": 429, "500": 500, "503": 503}
+"""A per-request fault inside a finished batch job, as the HTTP status the request would have had
+(other faults read as 500)."""
 
 
 def token_count(text: str) -> int:

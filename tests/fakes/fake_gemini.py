@@ -9,6 +9,11 @@ With includeThoughts it adds a thought part. usageMetadata counts ~3 characters 
 A test can replace the answer with `answer_fn(request_json) -> str | Reply` (a Reply also sets
 the finish reason, or blocks the prompt: no candidate, `promptFeedback.blockReason`).
 
+Batch mode: `POST .../models/{model}:batchGenerateContent` with inline requests (each carrying
+`metadata.key`) creates a job (`FakeBatchJob`); `GET /{version}/batches/{id}` returns it as the
+Developer API does (a long-running operation whose `metadata` is the batch, with `batchStats`
+and, once ended, `output.inlinedResponses`; a per-request fault is a google.rpc.Status error).
+
 Run alone (for benchmarks): `python -m tests.fakes.fake_gemini --latency 0.2 --port-file F`.
 """
 
@@ -20,7 +25,7 @@ import subprocess
 import sys
 from typing import Any
 
-from . import FakeLLMServer, FaultPlan, Reply, as_reply, expected_choice, run_main, token_count
+from . import FAULT_STATUS, FakeLLMServer, FaultPlan, Reply, as_reply, expected_choice, run_main, token_count
 
 __all__ = ["FakeGeminiServer", "FaultPlan", "Reply", "gemini_prompt", "gemini_seed"]
 
@@ -48,16 +53,67 @@ def _thinking_requested(config: dict[str, Any]) -> bool:
 class FakeGeminiServer(FakeLLMServer):
     def add_routes(self, app) -> None:
         app.router.add_post("/{version}/models/{model_action}", self._generate)
+        app.router.add_get("/{version}/batches/{job_id}", self._get_batch)
 
     async def _generate(self, request):
         from aiohttp import web
 
         model, _, action = request.match_info["model_action"].partition(":")
-        if action != "generateContent":
+        if action not in ("generateContent", "batchGenerateContent"):
             return web.json_response(_error(404, f"unknown action {action!r}"), status=404)
         if not request.headers.get("x-goog-api-key"):
             return web.json_response(_error(401, "API key not valid."), status=401)
+        if action == "batchGenerateContent":
+            return await self._create_batch(request, model)
         return await self.serve(request, self._body, _error)
+
+    async def _create_batch(self, request, model: str):
+        from aiohttp import web
+
+        body = await request.json()
+        batch = body.get("batch") or {}
+        lines = (((batch.get("inputConfig") or {}).get("requests") or {}).get("requests")) or []
+        if not lines or any(not (line.get("metadata") or {}).get("key") for line in lines):
+            return web.json_response(_error(400, "inline requests need metadata.key"), status=400)
+        job = self.create_job(
+            model, batch.get("displayName", ""), [(line["metadata"]["key"], line["request"]) for line in lines]
+        )
+        return web.json_response(self._job_json(job, "PENDING", 0))
+
+    async def _get_batch(self, request):
+        from aiohttp import web
+
+        if not request.headers.get("x-goog-api-key"):
+            return web.json_response(_error(401, "API key not valid."), status=401)
+        job = self.jobs.get(request.match_info["job_id"])
+        if job is None:
+            return web.json_response(_error(404, "batch not found"), status=404)
+        state, done = self.advance(job, self._body)
+        return web.json_response(self._job_json(job, state, done))
+
+    def _job_json(self, job, state: str, done: int) -> dict[str, Any]:
+        total = len(job.requests)
+        failed = sum(1 for _, fault, _ in job.results or () if fault is not None)
+        meta: dict[str, Any] = {
+            "@type": "type.googleapis.com/google.ai.generativelanguage.v1beta.GenerateContentBatch",
+            "name": f"batches/{job.id}",
+            "model": f"models/{job.model}",
+            "displayName": job.display_name,
+            "state": f"BATCH_STATE_{state}",
+            "batchStats": {
+                "requestCount": str(total),
+                "successfulRequestCount": str(done - failed),
+                "failedRequestCount": str(failed),
+                "pendingRequestCount": str(total - done),
+            },
+        }
+        if job.results is not None:
+            meta["output"] = {
+                "inlinedResponses": {
+                    "inlinedResponses": [_inline_result(key, fault, answer) for key, fault, answer in job.results]
+                }
+            }
+        return {"name": f"batches/{job.id}", "metadata": meta, "done": job.results is not None}
 
     def _body(self, body: dict[str, Any], path: str) -> dict[str, Any]:
         config = body.get("generationConfig") or {}
@@ -103,6 +159,16 @@ class FakeGeminiServer(FakeLLMServer):
             "usageMetadata": usage,
             "modelVersion": path.rsplit("/", 1)[-1].split(":")[0],
         }
+
+
+_GRPC = {400: (3, "INVALID_ARGUMENT"), 429: (8, "RESOURCE_EXHAUSTED"), 500: (13, "INTERNAL"), 503: (14, "UNAVAILABLE")}
+
+
+def _inline_result(key: str, fault: str | None, answer: Any) -> dict[str, Any]:
+    if fault is None:
+        return {"response": answer, "metadata": {"key": key}}
+    code, status = _GRPC[FAULT_STATUS.get(fault, 500)]
+    return {"error": {"code": code, "message": f"injected {fault}", "status": status}, "metadata": {"key": key}}
 
 
 def _error(code: int, message: str) -> dict[str, Any]:

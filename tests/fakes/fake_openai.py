@@ -6,6 +6,12 @@ contents joined by newlines. `response_format: json_schema` gives `{"reasoning",
 parser does. `answer_fn(body) -> str | Reply` replaces the answer (a Reply also sets the
 finish_reason: length, content_filter). Every body is recorded, so tests can check pass-through options (top_k,
 presence_penalty, repetition_penalty, chat_template_kwargs, response_format).
+
+Batch mode, as the OpenAI Batch API: `POST /v1/files` (multipart, purpose=batch) stores a JSONL
+file; `POST /v1/batches` makes a job of it (`FakeBatchJob`, keyed by each line's custom_id);
+`GET /v1/batches/{id}` reports status and request_counts; once ended, its answers are in
+`output_file_id` and its per-request errors in `error_file_id` (`GET /v1/files/{id}/content`).
+`output_line`/`error_line` are also the format `vllm run-batch` writes.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import json
 import time
 from typing import Any
 
-from . import FakeLLMServer, FaultPlan, Reply, as_reply, expected_choice, run_main, token_count
+from . import FAULT_STATUS, FakeLLMServer, FaultPlan, Reply, as_reply, expected_choice, run_main, token_count
 
 __all__ = ["FakeOpenAIServer", "FaultPlan", "openai_prompt"]
 
@@ -30,6 +36,98 @@ class FakeOpenAIServer(FakeLLMServer):
 
     def add_routes(self, app) -> None:
         app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/files", self._upload)
+        app.router.add_get("/v1/files/{file_id}/content", self._file_content)
+        app.router.add_post("/v1/batches", self._create_batch)
+        app.router.add_get("/v1/batches/{batch_id}", self._get_batch)
+        self.files: dict[str, bytes] = {}
+
+    def _authorised(self, request) -> bool:
+        return self.require_key is None or request.headers.get("Authorization") == f"Bearer {self.require_key}"
+
+    async def _upload(self, request):
+        from aiohttp import web
+
+        if not self._authorised(request):
+            return web.json_response(_error(401, "invalid api key"), status=401)
+        form = await request.post()
+        upload = form.get("file")
+        if form.get("purpose") != "batch" or upload is None:
+            return web.json_response(_error(400, "need purpose=batch and a file"), status=400)
+        file_id = f"file-{len(self.files):06d}"
+        self.files[file_id] = upload.file.read()
+        return web.json_response(
+            {"id": file_id, "object": "file", "purpose": "batch", "bytes": len(self.files[file_id])}
+        )
+
+    async def _file_content(self, request):
+        from aiohttp import web
+
+        if not self._authorised(request):
+            return web.json_response(_error(401, "invalid api key"), status=401)
+        data = self.files.get(request.match_info["file_id"])
+        if data is None:
+            return web.json_response(_error(404, "no such file"), status=404)
+        return web.Response(body=data, content_type="application/jsonl")
+
+    async def _create_batch(self, request):
+        from aiohttp import web
+
+        if not self._authorised(request):
+            return web.json_response(_error(401, "invalid api key"), status=401)
+        body = await request.json()
+        data = self.files.get(body.get("input_file_id", ""))
+        if data is None or body.get("endpoint") != "/v1/chat/completions":
+            return web.json_response(_error(400, "unknown input_file_id or endpoint"), status=400)
+        lines = [json.loads(text) for text in data.decode("utf-8").splitlines() if text.strip()]
+        model = lines[0]["body"].get("model", "") if lines else ""
+        job = self.create_job(
+            model,
+            (body.get("metadata") or {}).get("display_name", ""),
+            [(line["custom_id"], line["body"]) for line in lines],
+        )
+        return web.json_response(self._batch_json(job, "PENDING", 0, body.get("input_file_id", "")))
+
+    async def _get_batch(self, request):
+        from aiohttp import web
+
+        if not self._authorised(request):
+            return web.json_response(_error(401, "invalid api key"), status=401)
+        job = self.jobs.get(request.match_info["batch_id"])
+        if job is None:
+            return web.json_response(_error(404, "no such batch"), status=404)
+        state, done = self.advance(job, self._body)
+        return web.json_response(self._batch_json(job, state, done, ""))
+
+    def _batch_json(self, job, state: str, done: int, input_file_id: str) -> dict[str, Any]:
+        status = {"PENDING": "validating", "RUNNING": "in_progress", "SUCCEEDED": "completed"}.get(
+            state, state.lower()
+        )
+        failed = sum(1 for _, fault, _ in job.results or () if fault is not None)
+        out: dict[str, Any] = {
+            "id": job.id,
+            "object": "batch",
+            "endpoint": "/v1/chat/completions",
+            "input_file_id": input_file_id,
+            "completion_window": "24h",
+            "status": status,
+            "output_file_id": None,
+            "error_file_id": None,
+            "created_at": int(job.created),
+            "request_counts": {"total": len(job.requests), "completed": done - failed, "failed": failed},
+            "metadata": {"display_name": job.display_name},
+        }
+        if job.results is not None:
+            ok = [output_line(key, answer) for key, fault, answer in job.results if fault is None]
+            bad = [error_line(key, FAULT_STATUS.get(fault, 500)) for key, fault, _ in job.results if fault is not None]
+            for name, lines in (("output_file_id", ok), ("error_file_id", bad)):
+                if lines:
+                    file_id = f"file-{job.id}-{name[:3]}"
+                    self.files[file_id] = "".join(
+                        json.dumps(line, ensure_ascii=False) + "\n" for line in lines
+                    ).encode()
+                    out[name] = file_id
+        return out
 
     async def _chat(self, request):
         from aiohttp import web
@@ -72,6 +170,26 @@ class FakeOpenAIServer(FakeLLMServer):
                 "total_tokens": prompt_tokens + completion_tokens,
             },
         }
+
+
+def output_line(key: str, answer: dict[str, Any]) -> dict[str, Any]:
+    """One line of a batch output file: the answer to request `key`."""
+    return {
+        "id": f"batch_req_{key[:12]}",
+        "custom_id": key,
+        "response": {"status_code": 200, "request_id": f"req_{key[:8]}", "body": answer},
+        "error": None,
+    }
+
+
+def error_line(key: str, status: int) -> dict[str, Any]:
+    """One line of a batch error file: request `key` failed with HTTP `status`."""
+    return {
+        "id": f"batch_req_{key[:12]}",
+        "custom_id": key,
+        "response": {"status_code": status, "request_id": "", "body": _error(status, "injected fault")},
+        "error": None,
+    }
 
 
 def _error(code: int, message: str) -> dict[str, Any]:
