@@ -1,5 +1,9 @@
 """Format loaders: every known MCQ file format into canonical `MCQItem`s, or a clear error.
 
+Every format is a format spec (distill/data/specs.py): the built-in ones below are the shipped
+specs distill/formats/<name>.yaml, read by the same machinery as a user's own spec file, and
+`auto` picks one by extension and CSV header. What follows is what those specs say.
+
 Formats (docs/design.md, "Data flow and contracts"):
 - `competition`: CSV `id, paragraph, problems[, question_plus][, category]`; `problems` is JSON
   or a Python dict literal (`ast.literal_eval`, never `eval`) with `question, choices, answer`
@@ -35,7 +39,6 @@ invisible characters counts as empty and two choices that differ only in spacing
 
 from __future__ import annotations
 
-import ast
 import csv
 import hashlib
 import io
@@ -50,23 +53,19 @@ from typing import Any, NoReturn
 
 from distill.contracts import MCQItem
 from distill.data.normalize import normalize_text
-from distill.data.schema import check_id_text, check_unique_ids, item_from_dict, validate_item_fields
+from distill.data.schema import check_unique_ids, validate_item_fields
+from distill.data.specs import FormatSpec, fit_report, is_spec_reference, load_spec, shipped_specs, spec_items
 from distill.data.subjects import (
     apply_subject_map,
-    exam_year_from_name,
-    kice_layout,
-    kice_subject,
     unmatched_subject_map,
 )
 from distill.errors import InputError
 from distill.io import UNDECODABLE as _UNDECODABLE
 from distill.io import UTF8_BOM as _UTF8_BOM
-from distill.io import describe_non_text, iter_jsonl, json_nesting_fault, load_json_text, nesting_message, write_jsonl
+from distill.io import describe_non_text, json_nesting_fault, load_json_text, nesting_message, write_jsonl
 
 FORMATS: tuple[str, ...] = ("competition", "kice", "kmmlu", "jsonl")
 """The `format` values every entry point accepts (besides `auto`)."""
-
-_FORMAT_HINT = "pass --format " + "|".join(FORMATS)
 
 
 # --------------------------------------------------------------------------- public API
@@ -96,31 +95,87 @@ def load_items(
     """
     checks = _Checks(require_answer, allow_duplicate_choices)
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "no such file" if not path.exists() else "not a regular file")
     mapping = _resolve_subject_map(subject_map)
     map_origin = subject_map if isinstance(subject_map, (str, os.PathLike)) and mapping is not None else None
-    fmt = str(format or "auto").strip().lower()
-    if fmt != "auto" and fmt not in FORMATS:
-        raise InputError(path, f"unknown format {format!r}; {_FORMAT_HINT}", field="format")
-
-    if fmt == "auto":
-        fmt = _format_from_extension(path)
-    if fmt in ("competition", "kmmlu", "csv"):
-        table = _read_csv(path)
-        if fmt == "csv":
-            fmt = _format_from_header(path, table.header)
-        loader = _competition_items if fmt == "competition" else _kmmlu_items
-        items, rows = loader(path, table, checks)
-    elif fmt == "kice":
-        items, rows = _kice_items(path, checks, rules_required=mapping is None)
-    else:
-        items, rows = _jsonl_items(path, checks)
-
+    spec = resolve_spec(path, format, checks=checks, rules_required=mapping is None)
+    items, rows = spec_items(spec, path, checks, rules_required=mapping is None)
     check_unique_ids(path, items, rows)
     if mapping and subject_map_must_match:
         _check_subject_map_matches(path, map_origin, mapping, items)
     return apply_subject_map(items, mapping)
+
+
+def resolve_spec(path: Path, format: str, *, checks: _Checks | None = None, rules_required: bool = True) -> FormatSpec:
+    """The spec that reads `path`: a spec file, a shipped spec's name (the built-in formats are
+    shipped specs), or `auto` (by extension and CSV header; when neither tells, the first shipped
+    spec that reads the dataset, else one error saying which came closest and why)."""
+    fmt = str(format or "auto").strip()
+    if is_spec_reference(fmt):
+        return load_spec(fmt)
+    name = fmt.lower()
+    shipped = shipped_specs()
+    if name != "auto" and name not in shipped:
+        raise InputError(path, f"unknown format {format!r}; {_format_hint()}", field="format")
+    if not path.exists() and not any(ch in str(path) for ch in "*?[") and not str(path).startswith("hub:"):
+        raise InputError(path, "no such file")
+    if name != "auto":
+        return load_spec(name)
+    if not path.is_file():
+        return _closest_spec(path)
+    try:
+        return load_spec(detect_format(path))
+    except InputError as exc:
+        if exc.field != "format":
+            raise
+        return _first_fitting_spec(path, exc, checks or _Checks(False, True), rules_required)
+
+
+def is_known_format(fmt: str) -> bool:
+    """A `format` value `load_items` takes: auto, a shipped spec's name, or a spec file (.yaml)."""
+    text = str(fmt).strip()
+    return text.lower() == "auto" or text.lower() in shipped_specs() or is_spec_reference(text)
+
+
+def _format_hint() -> str:
+    return "pass --format " + "|".join(shipped_specs()) + " or a spec file (.yaml)"
+
+
+def _first_fitting_spec(path: Path, cause: InputError, checks: _Checks, rules_required: bool) -> FormatSpec:
+    """The first shipped spec that reads the whole file; else `cause` plus which came closest and why."""
+    tried = []
+    for name in shipped_specs():
+        spec = load_spec(name)
+        try:
+            spec_items(spec, path, checks, rules_required=rules_required)
+            return spec
+        except InputError as exc:
+            score, why = fit_report(spec, path)
+            tried.append((score, name, why if score else exc.message))
+    _, name, why = min(tried)
+    raise InputError(
+        cause.path,
+        f"{cause.message}; no shipped format spec fits either, closest: {name} ({why})",
+        cause.row,
+        cause.field,
+    ) from None
+
+
+def _closest_spec(path: Path) -> FormatSpec:
+    """A folder, glob or saved dataset under `auto`: the first shipped spec whose columns all fit."""
+    tried = []
+    for name in shipped_specs():
+        spec = load_spec(name)
+        score, why = fit_report(spec, path)
+        if score == 0:
+            return spec
+        tried.append((score, name, why))
+    _, name, why = min(tried)
+    raise InputError(path, f"no shipped format spec fits; closest: {name} ({why}); {_format_hint()}", field="format")
+
+
+def detect_format_name(path: str | os.PathLike) -> str:
+    """What `format="auto"` reads a dataset as: the name of the shipped spec."""
+    return resolve_spec(Path(path), "auto").name
 
 
 def items_digest(items: Iterable[MCQItem]) -> str:
@@ -201,7 +256,9 @@ def detect_format(path: str | os.PathLike) -> str:
     text = decode_text(path, path.read_bytes())
     for record in csv.reader(io.StringIO(text, newline="")):
         if any(cell.strip() for cell in record):
-            return _format_from_header(path, [cell.strip() for cell in record])
+            header = [cell.strip() for cell in record]
+            _check_delimiter(path, header)
+            return _format_from_header(path, header)
     raise InputError(path, "the file is empty (no header, no rows)", row=1)
 
 
@@ -215,7 +272,7 @@ def _format_from_extension(path: Path) -> str:
         return "csv"  # decided from the header once the file is read
     raise InputError(
         path,
-        f"cannot tell the format from the extension {suffix or '(none)'!r}; {_FORMAT_HINT}",
+        f"cannot tell the format from the extension {suffix or '(none)'!r}; {_format_hint()}",
         field="format",
     )
 
@@ -260,6 +317,18 @@ def decode_text(path: Path, raw: bytes) -> str:
     _raise_undecodable(path, raw, errors)
 
 
+def decode_as(path: Path, raw: bytes, encoding: str) -> str:
+    """Text in the one encoding a format spec names (a UTF-8 BOM is skipped); else an InputError."""
+    if raw.startswith(_UTF8_BOM) and encoding.replace("_", "-").lower() in ("utf-8", "utf8", "utf-8-sig"):
+        raw = raw[len(_UTF8_BOM) :]
+    try:
+        return raw.decode(encoding)
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        bad = raw[exc.start : exc.start + 1].hex()
+        raise InputError(path, f"not {encoding}: byte 0x{bad} cannot be decoded (line {line})", row=line) from None
+
+
 def _raise_undecodable(path: Path, raw: bytes, errors: list[tuple[str, UnicodeDecodeError]]) -> NoReturn:
     """Point at the first undecodable cell, read with the encoding that got furthest."""
     encoding, exc = max(errors, key=lambda pair: pair[1].start)
@@ -301,10 +370,12 @@ class _Table:
         return name.lower() in self.columns
 
 
-def _read_csv(path: Path) -> _Table:
-    text = decode_text(path, path.read_bytes())
+def _read_csv(path: Path, delimiter: str = ",", encoding: str | None = None) -> _Table:
+    """A CSV file as a _Table. `delimiter` other than a comma, and an explicit `encoding`
+    (else UTF-8, then CP949), are what a format spec may ask for."""
+    text = decode_text(path, path.read_bytes()) if encoding is None else decode_as(path, path.read_bytes(), encoding)
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True, delimiter=delimiter)
     records: list[tuple[int, dict[str, str]]] = []
     header: list[str] = []
     try:
@@ -313,7 +384,8 @@ def _read_csv(path: Path) -> _Table:
                 continue
             if not header:
                 header = [cell.strip() for cell in record]
-                _check_delimiter(path, header)
+                if delimiter == ",":
+                    _check_delimiter(path, header)
                 columns = _header_columns(path, header)
                 continue
             row = len(records) + 1
@@ -369,176 +441,11 @@ def _header_columns(path: Path, header: list[str]) -> dict[str, str]:
     return columns
 
 
-def _require_columns(path: Path, table: _Table, names: Iterable[str], fmt: str) -> None:
-    for name in names:
-        if not table.has(name):
-            raise InputError(
-                path,
-                f"missing column (header has: {', '.join(table.header)}); "
-                f"a {fmt} file needs {', '.join(_REQUIRED_COLUMNS[fmt])}",
-                row=1,
-                field=name,
-            )
-
-
-_REQUIRED_COLUMNS = {
-    "competition": ("id", "paragraph", "problems"),
-    "kmmlu": ("question", "A", "B", "C", "D", "answer"),
-}
-
-
-def _parse_problems(path: Path, row: int, text: str) -> dict[str, Any]:
-    """`problems` as JSON, else as a Python literal; never `eval`."""
-    stripped = text.strip()
-    if not stripped:
-        raise InputError(path, "problems is empty", row, "problems")
-    fault = json_nesting_fault(stripped)
-    if fault is not None:
-        raise InputError(path, f"problems is {nesting_message()}", row, fault[1] or "problems")
-    try:
-        value = load_json_text(stripped, path, row, "problems", what="problems")
-    except json.JSONDecodeError as json_error:
-        try:
-            value = ast.literal_eval(stripped)
-        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-            raise InputError(
-                path,
-                f"problems is neither JSON ({json_error.msg}) nor a Python dict literal",
-                row,
-                "problems",
-            ) from None
-    if not isinstance(value, dict):
-        raise InputError(
-            path,
-            f"problems must be an object with question/choices/answer, got {type(value).__name__}",
-            row,
-            "problems",
-        )
-    return value
-
-
-def _json_safe(value: Any) -> Any:
-    """Extra values must survive JSON (a Python literal may hold a set or a tuple)."""
-    try:
-        return json.loads(json.dumps(value, ensure_ascii=False, allow_nan=False))
-    except (TypeError, ValueError):
-        return repr(value)
-
-
-def _text_field(path: Path, row: int, value: Any, field: str) -> str:
-    """Normalised text of an optional text field: str, or a list of str joined by lines."""
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return normalize_text(value)
-    if isinstance(value, (list, tuple)) and all(isinstance(part, str) for part in value):
-        return normalize_text("\n".join(value))
-    raise InputError(path, f"{field} must be text, got {type(value).__name__}", row, field)
-
-
-def _question_text(path: Path, row: int, value: Any) -> str:
-    if value is None:
-        raise InputError(path, "question is missing", row, "question")
-    if not isinstance(value, str):
-        raise InputError(path, f"question must be text, got {type(value).__name__}", row, "question")
-    text = normalize_text(value)
-    if not text:
-        raise InputError(path, "question is empty", row, "question")
-    return text
-
-
 def _normalized_choices(value: Any) -> Any:
     """Normalise string choices; leave anything else for `validate_item_fields` to judge."""
     if isinstance(value, (list, tuple)):
         return [normalize_text(choice) if isinstance(choice, str) else choice for choice in value]
     return value
-
-
-def _competition_items(path: Path, table: _Table, checks: _Checks):
-    _require_columns(path, table, _REQUIRED_COLUMNS["competition"], "competition")
-    known = {"id", "paragraph", "problems", "question_plus", "category"}
-    items, rows = [], []
-    for row, cells in table.records:
-        item_id = normalize_text(check_id_text(path, row, cells["id"]))
-        if not item_id:
-            raise InputError(path, "id is empty", row, "id")
-        problems = _parse_problems(path, row, cells["problems"])
-        question = _question_text(path, row, problems.get("question"))
-        if "choices" not in problems:
-            raise InputError(path, "problems has no 'choices'", row, "choices")
-        choices, answer, flags = _checked_choices(
-            path, row, item_id, problems["choices"], problems.get("answer"), checks
-        )
-        # question_plus: the column when it says something, else the key inside problems.
-        question_plus = normalize_text(cells.get("question_plus", "")) or _text_field(
-            path, row, problems.get("question_plus"), "question_plus"
-        )
-        extra = {
-            str(k): _json_safe(v)
-            for k, v in problems.items()
-            if k not in {"question", "choices", "answer", "question_plus"}
-        }
-        extra.update({table.columns[k]: v for k, v in cells.items() if k not in known and v.strip()})
-        extra.update(flags)
-        items.append(
-            MCQItem(
-                id=item_id,
-                paragraph=normalize_text(cells["paragraph"]),
-                question=question,
-                choices=choices,
-                answer=answer,
-                question_plus=question_plus,
-                subject=normalize_text(cells.get("category", "")) or "unknown",
-                source=path.name,
-                extra=extra,
-            )
-        )
-        rows.append(row)
-    return items, rows
-
-
-def _kmmlu_items(path: Path, table: _Table, checks: _Checks):
-    _require_columns(path, table, _REQUIRED_COLUMNS["kmmlu"], "kmmlu")
-    labels = [letter for letter in "ABCDEFGHIJ" if table.has(letter)]
-    known = {"question", "answer", "category", *(letter.lower() for letter in labels)}
-    items, rows = [], []
-    for row, cells in table.records:
-        item_id = f"{path.stem}-{row}"
-        question = _question_text(path, row, cells["question"])
-        choices, answer, flags = _checked_choices(
-            path, row, item_id, _kmmlu_choices(cells, labels), cells["answer"], checks
-        )
-        extra = {table.columns[k]: v for k, v in cells.items() if k not in known and v.strip()}
-        extra.update(flags)
-        items.append(
-            MCQItem(
-                id=item_id,
-                paragraph="",
-                question=question,
-                choices=choices,
-                answer=answer,
-                subject=normalize_text(cells.get("category", "")) or "unknown",
-                source=path.name,
-                extra=extra,
-            )
-        )
-        rows.append(row)
-    return items, rows
-
-
-KMMLU_REQUIRED_CHOICES = 4
-"""A to D are required; E.. are optional columns, and a row may leave them blank."""
-
-
-def _kmmlu_choices(cells: dict[str, str], labels: list[str]) -> list[str]:
-    """The row's choices: trailing blank optional columns (E..) dropped, so blank E means 4 choices.
-
-    A blank optional choice followed by a filled one stays, and is reported as an empty choice.
-    """
-    values = [cells[letter.lower()] for letter in labels]
-    while len(values) > KMMLU_REQUIRED_CHOICES and not normalize_text(values[-1]):
-        values.pop()
-    return values
 
 
 # --------------------------------------------------------------------------- JSON formats
@@ -558,91 +465,6 @@ def _decode_json_file(path: Path) -> str:
         raise InputError(
             path, f"not UTF-8: byte 0x{raw[exc.start : exc.start + 1].hex()} cannot be decoded", row=line
         ) from None
-
-
-def _kice_items(path: Path, checks: _Checks, *, rules_required: bool):
-    text = _decode_json_file(path)
-    if not text.strip():
-        raise InputError(path, "the file is empty", row=1)
-    try:
-        passages = load_json_text(text, path, None)
-    except json.JSONDecodeError as exc:
-        raise InputError(
-            path, f"not valid JSON ({exc.msg}, line {exc.lineno} column {exc.colno})", row=exc.lineno
-        ) from None
-    if not isinstance(passages, list):
-        raise InputError(path, f"expected a JSON list of passages, got {type(passages).__name__}", row=1)
-    if not passages:
-        raise InputError(path, "no passages in the file", row=1, field="problems")
-
-    year = exam_year_from_name(path.name)
-    layout = kice_layout(year) if year is not None else None
-    if layout is None and rules_required:
-        raise InputError(
-            path,
-            "no KICE subject rule for this file: its name must carry the exam year, 2015 or later "
-            "(e.g. 2019_11_KICE.json), or pass --subject_map",
-            field="subject",
-        )
-
-    items, rows = [], []
-    number = 0
-    for index, passage in enumerate(passages, start=1):
-        where = f"passage {index}"
-        if not isinstance(passage, dict):
-            raise InputError(path, f"{where} is not an object", number + 1, "problems")
-        if "id" in passage:
-            where += f" ({passage['id']})"
-        problems = passage.get("problems")
-        if not isinstance(problems, list) or not problems:
-            raise InputError(path, f"{where}: problems must be a non-empty list", number + 1, "problems")
-        paragraph = _text_field(path, number + 1, passage.get("paragraph"), "paragraph")
-        _check_passage_range(path, index, passage.get("id"), number + 1, len(problems))
-        for problem in problems:
-            number += 1
-            if not isinstance(problem, dict):
-                raise InputError(path, f"{where}: question is not an object", number, "problems")
-            item_id = f"{path.stem}-{number}"
-            question = _question_text(path, number, problem.get("question"))
-            if "choices" not in problem:
-                raise InputError(path, f"{where}: question has no choices", number, "choices")
-            choices, answer, flags = _checked_choices(
-                path, number, item_id, problem["choices"], problem.get("answer"), checks
-            )
-            subject = kice_subject(year, number) if layout is not None else None
-            if subject is None and layout is not None:
-                raise InputError(
-                    path,
-                    f"question {number} is past the {layout.n_questions} questions of the {year} exam layout",
-                    number,
-                    "problems",
-                )
-            extra: dict[str, Any] = {"question_number": number}
-            if "score" in problem:
-                extra["score"] = problem["score"]
-            if "id" in passage:
-                extra["passage_id"] = passage["id"]
-            if "type" in passage:
-                extra["passage_type"] = passage["type"]
-            extra.update(flags)
-            no_paragraph = bool(problem.get("no_paragraph"))
-            if no_paragraph:
-                extra["no_paragraph"] = True
-            items.append(
-                MCQItem(
-                    id=item_id,
-                    paragraph="" if no_paragraph else paragraph,
-                    question=question,
-                    choices=choices,
-                    answer=answer,
-                    question_plus=_text_field(path, number, problem.get("question_plus"), "question_plus"),
-                    subject=subject or "unknown",
-                    source=path.name,
-                    extra=extra,
-                )
-            )
-            rows.append(number)
-    return items, rows
 
 
 _PASSAGE_RANGE = re.compile(r"(?<!\d)(\d{1,3})\s*[-~\u2013]\s*(\d{1,3})\s*$")
@@ -689,36 +511,6 @@ def _check_passage_range(path: Path, index: int, passage_id: Any, first_number: 
             first,
             "problems",
         )
-
-
-_CANONICAL_TEXT_FIELDS = ("paragraph", "question", "question_plus", "subject", "source")
-
-
-def _jsonl_items(path: Path, checks: _Checks):
-    items, rows = [], []
-    for lineno, data in iter_jsonl(path):
-        data = dict(data)
-        for name in _CANONICAL_TEXT_FIELDS:
-            value = data.get(name)
-            if value is not None and not isinstance(value, str):
-                raise InputError(path, f"{name} must be text, got {type(value).__name__}", lineno, name)
-            if isinstance(value, str):
-                data[name] = normalize_text(value)
-        if "choices" in data:
-            data["choices"] = _normalized_choices(data["choices"])
-        if not data.get("source"):
-            data["source"] = path.name
-        item = item_from_dict(path, lineno, data, allow_duplicates=checks.allow_duplicates)
-        groups = duplicate_choice_groups(item.choices)
-        if groups:
-            item.extra["duplicate_choices"] = groups
-        if checks.require_answer and item.answer is None:
-            raise InputError(path, "answer is missing", lineno, "answer")
-        items.append(item)
-        rows.append(lineno)
-    if not items:
-        raise InputError(path, "the file has no items", row=1)
-    return items, rows
 
 
 # --------------------------------------------------------------------------- subject maps

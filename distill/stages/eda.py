@@ -45,7 +45,10 @@ class EdaConfig:
         "Seed items (training side). bundled: the bundled seeds (distill/resources/seeds.jsonl); 'off': none.",
     )
     seeds_format: str = field(
-        default="auto", metadata={"help": "Format of seeds: auto, competition, kice, kmmlu or jsonl."}
+        default="auto",
+        metadata={
+            "help": "Format of seeds: auto, a shipped format (competition, kice, kmmlu, jsonl, csat_qa, haerae) or a format spec file (.yaml)."
+        },
     )
     pairs: str | None = unset_field(
         "bundled",
@@ -53,7 +56,7 @@ class EdaConfig:
     )
     eval_sets: list[str] = unset_field(
         "bundled",
-        "Evaluation sets, comma-separated, each 'path' or 'path:format' (format auto, competition, kice, kmmlu or jsonl), e.g. a.json:kice,b.csv:competition. Each set is named after its file. bundled: the bundled eval sample.",
+        "Evaluation sets, comma-separated, each 'path' or 'path:format' (format auto, a shipped format such as competition, kice, kmmlu, jsonl, or a format spec .yaml), e.g. a.json:kice,b.csv:competition. Each set is named after its file. bundled: the bundled eval sample.",
         default=[],
     )
     subject_map: str | None = unset_field(
@@ -103,8 +106,13 @@ class EdaConfig:
             raise ConfigError(f"k must be at least 1, got {self.k}")
         if self.projection not in ("umap", "pca"):
             raise ConfigError(f"projection must be 'umap' or 'pca', got {self.projection!r}")
-        if self.seeds_format not in SPEC_FORMATS:
-            raise ConfigError(f"seeds_format must be one of {', '.join(SPEC_FORMATS)}, got {self.seeds_format!r}")
+        from distill.data.loaders import is_known_format
+
+        if not is_known_format(self.seeds_format):
+            raise ConfigError(
+                f"seeds_format must be one of {', '.join(SPEC_FORMATS)}, a shipped spec or a spec .yaml, "
+                f"got {self.seeds_format!r}"
+            )
         for spec in self.eval_sets:
             parse_dataset_spec(spec)
 
@@ -142,8 +150,10 @@ def parse_dataset_spec(spec: str) -> tuple[str, str]:
     if not text:
         raise ConfigError("empty evaluation set in eval_sets")
     head, sep, tail = text.rpartition(":")
-    if sep and head and tail.strip().lower() in SPEC_FORMATS:
-        return head.strip(), tail.strip().lower()
+    from distill.data.loaders import is_known_format
+
+    if sep and head and is_known_format(tail):  # a spec file's path keeps its case
+        return head.strip(), tail.strip() if tail.strip().lower().endswith((".yaml", ".yml")) else tail.strip().lower()
     return text, "auto"
 
 

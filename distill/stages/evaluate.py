@@ -59,7 +59,12 @@ class EvaluateConfig:
     dataset: str | None = unset_field(
         "bundled", "Items to score (a file). bundled: the bundled eval sample (distill/resources/eval_sample.jsonl)."
     )
-    format: str = field(default="auto", metadata={"help": "Dataset format: auto, competition, kice, kmmlu or jsonl."})
+    format: str = field(
+        default="auto",
+        metadata={
+            "help": "Dataset format: auto, a shipped format (competition, kice, kmmlu, jsonl, csat_qa, haerae) or a format spec file (.yaml)."
+        },
+    )
     subject_map: str | None = unset_field("none", "Optional file mapping item ids or categories to subjects.")
     allow_duplicate_choices: bool = field(
         default=False,

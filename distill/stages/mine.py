@@ -64,7 +64,12 @@ class MineConfig:
     seeds: str | None = unset_field(
         "bundled", "Seed items (a file). Unset: the 24 bundled seeds (distill/resources/seeds.jsonl)."
     )
-    format: str = field(default="auto", metadata={"help": "Seeds format: auto, competition, kice, kmmlu or jsonl."})
+    format: str = field(
+        default="auto",
+        metadata={
+            "help": "Seeds format: auto, a shipped format (competition, kice, kmmlu, jsonl, csat_qa, haerae) or a format spec file (.yaml)."
+        },
+    )
     subject_map: str | None = unset_field("none", "Optional file mapping item ids or categories to subjects.")
     teacher: str = field(
         default="example-teacher",

@@ -74,7 +74,10 @@ class RegisterConfig:
         "Test split: items scored once, adapter against base. auto: the candidate's eval_dataset (the bundled eval sample when it used that).",
     )
     format: str = field(
-        default="auto", metadata={"help": "Format of dataset: auto, competition, kice, kmmlu or jsonl."}
+        default="auto",
+        metadata={
+            "help": "Format of dataset: auto, a shipped format (competition, kice, kmmlu, jsonl, csat_qa, haerae) or a format spec file (.yaml)."
+        },
     )
     predictions_run: str | None = unset_field(
         "none",

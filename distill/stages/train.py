@@ -164,7 +164,10 @@ class TrainConfig:
         "bundled", "MCQ items to evaluate base and adapter on (the test split). bundled: the bundled eval sample."
     )
     eval_format: str = field(
-        default="auto", metadata={"help": "Format of eval_dataset: auto, competition, kice, kmmlu or jsonl."}
+        default="auto",
+        metadata={
+            "help": "Format of eval_dataset: auto, a shipped format (competition, kice, kmmlu, jsonl, csat_qa, haerae) or a format spec file (.yaml)."
+        },
     )
     dev_fraction: float = field(
         default=0.15,
