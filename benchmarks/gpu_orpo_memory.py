@@ -3,7 +3,7 @@
 Measures, for plain TRL (QLoRA: bitsandbytes NF4 + peft, distill's `qlora` backend) and for
 Unsloth (its loader and LoRA, distill's `unsloth` backend): peak GPU memory during training and
 training throughput (tokens/s over the measured steps). Each variant trains through
-`distill.training.load_for_training` + `train_orpo`, i.e. exactly what `train` runs, on
+`distill.training.load_for_training` + `train_preference`, i.e. exactly what `train` runs, on
 synthetic pairs whose prompt is cut to 3072 tokens and whose completions fill the rest of 4096
 (`overlong=truncate`), batch 1 pair (2 sequences of 4096 tokens) per step.
 
@@ -180,7 +180,7 @@ def worker(variant: str, shape: str, seq_len: int, prompt_len: int, warmup: int,
     from transformers import TrainerCallback
 
     from distill.stages.train import TrainConfig
-    from distill.training import load_for_training, resolve_backend, split_completion_tokens, train_orpo
+    from distill.training import load_for_training, resolve_backend, split_completion_tokens, train_preference
 
     path = str(model_dir(shape))
     cuda = torch.cuda.is_available()
@@ -241,7 +241,7 @@ def worker(variant: str, shape: str, seq_len: int, prompt_len: int, warmup: int,
             self.times.append(time.perf_counter() - self.started)
 
     timer = StepTimer()
-    train_orpo(cfg, backend, model, tokenizer, peft_config, rows, out / "work" / variant, callbacks=[timer])
+    train_preference(cfg, backend, model, tokenizer, peft_config, rows, out / "work" / variant, callbacks=[timer])
     measured = sorted(timer.times[warmup:])
     middle = len(measured) // 2
     median = measured[middle] if len(measured) % 2 else (measured[middle - 1] + measured[middle]) / 2

@@ -119,6 +119,7 @@ def parse_space(data: Any, path: str = "<space>", *, train_config: type) -> Swee
     train_fields = {f.name for f in dataclasses.fields(train_config)}
     params = _parse_varied(path, data.get("space"), train_fields)
     fixed = _parse_fixed(path, data.get("fixed"), train_fields, varied={p.name for p in params})
+    _check_choices(path, params, train_config)
     direction = str(data.get("direction", "maximize")).strip().lower()
     if direction not in DIRECTIONS:
         raise InputError(
@@ -173,6 +174,21 @@ def _parse_fixed(path: str, fixed: Any, train_fields: Collection[str], varied: C
         if name in varied:
             raise InputError(path, f"{name!r} is both varied (space) and fixed", field=f"fixed.{name}")
     return dict(fixed)
+
+
+def _check_choices(path: str, params: list[ParamSpec], train_config: type) -> None:
+    """Each categorical choice is a value the train config accepts on its own (a `method` that
+    does not exist fails here, naming the field, not in the middle of the study)."""
+    for spec in params:
+        if spec.type != "categorical":
+            continue
+        for choice in spec.choices:
+            try:
+                train_config(**{spec.name: choice})
+            except ConfigError as exc:
+                raise InputError(
+                    path, f"choice {choice!r} is not accepted: {exc}", field=f"space.{spec.name}"
+                ) from None
 
 
 def _whole(path: str, value: Any, where: str, *, minimum: int) -> int:

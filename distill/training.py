@@ -8,8 +8,8 @@
   *Thinking*); `measure_lengths` and `handle_overlong` count, drop or keep the pairs over the
   token limits (see *Over-long pairs*).
 - Training: `load_for_training` (a PeftModel from Unsloth, or the base model and a LoraConfig
-  for TRL) and `train_orpo` (TRL's ORPO through `distill.orpo_trainer.SafeORPOTrainer`; the
-  adapter is saved to `work_dir/adapter`).
+  for TRL) and `train_preference` (the config's `method`, ORPO, DPO, SimPO or SFT, through
+  `distill.preference_trainer.PreferenceTrainer`; the adapter is saved to `work_dir/adapter`).
 - Dev metrics: `completion_logps` (ORPO's per-token average log-prob, with training's
   truncation), `preference_metrics`, `dev_metrics` (preference and MCQ metrics of the dev split),
   `dev_curve_callback` (the same, during training, every N steps).
@@ -18,7 +18,7 @@ What reaches MLflow as metrics is bounded (a run's headline set, docs/design.md 
 conventions"): of TRL's per-step figures the ones in TRAIN_STEP_METRICS (every one stays in the
 run's `train_history.json`), of the dev figures the ones in `distill.eval_cache.DEV_METRICS`.
 
-`train_orpo` and `load_for_training` read many training settings, so they take the stage's
+`train_preference` and `load_for_training` read many training settings, so they take the stage's
 `TrainConfig` (imported for typing only); everything else takes explicit arguments.
 
 Thinking (Qwen3 think blocks), decided on purpose:
@@ -67,9 +67,10 @@ TRAIN_STEP_METRICS = (
     "learning_rate",
     "grad_norm",
 )
-"""TRL's per-step figures logged as `train/*` metrics: the loss and its two ORPO terms, how often
-and by how much chosen beats rejected, and the optimizer's state. The others (log-probs, logits,
-epoch, throughput) are in the run's `train_history.json`."""
+"""TRL's per-step figures logged as `train/*` metrics, the same for every method: the loss, the
+chosen NLL and the odds ratio (measured whatever the loss), how often and by how much chosen
+beats rejected by the method's own reward, and the optimizer's state. The others (log-probs,
+logits, epoch, throughput) are in the run's `train_history.json`."""
 
 
 @dataclass(frozen=True)
@@ -492,7 +493,7 @@ def load_for_training(cfg: TrainConfig, backend: Backend, student_path: str):
     return model, tokenizer, lora
 
 
-def train_orpo(
+def train_preference(
     cfg: TrainConfig,
     backend: Backend,
     model: Any,
@@ -502,7 +503,7 @@ def train_orpo(
     work_dir: Path,
     callbacks: Sequence[Any] = (),
 ) -> TrainResult:
-    """Run ORPO on `rows` and save the adapter into `work_dir/adapter`."""
+    """Train `rows` with `cfg.method` (`cfg.loss_spec`) and save the adapter into `work_dir/adapter`."""
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # ORPO lives in trl.experimental on purpose
     import torch
     from datasets import Dataset
@@ -510,7 +511,12 @@ def train_orpo(
     from trl.experimental.orpo import ORPOConfig
 
     from distill.models import pick_dtype
-    from distill.orpo_trainer import MlflowStepCallback, NonFiniteLossCallback, QuietProgressCallback, SafeORPOTrainer
+    from distill.preference_trainer import (
+        MlflowStepCallback,
+        NonFiniteLossCallback,
+        PreferenceTrainer,
+        QuietProgressCallback,
+    )
 
     cuda = backend.device == "cuda"
     dtype = pick_dtype(backend.device, cfg.dtype)  # the compute dtype the model was loaded with
@@ -540,7 +546,7 @@ def train_orpo(
     )
     dataset = Dataset.from_list([{k: row[k] for k in ("prompt", "chosen", "rejected")} for row in rows])
     step_logger = MlflowStepCallback(keep=TRAIN_STEP_METRICS)
-    trainer = SafeORPOTrainer(
+    trainer = PreferenceTrainer(
         model=model,
         args=args,
         train_dataset=dataset,
@@ -549,6 +555,7 @@ def train_orpo(
         callbacks=[step_logger, NonFiniteLossCallback(), *callbacks],
         max_prompt_length=cfg.max_prompt_length,
         prompt_loss=cfg.prompt_loss,
+        loss_spec=cfg.loss_spec,
     )
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(QuietProgressCallback())

@@ -42,6 +42,8 @@ class Candidate:
     problem: Any = None
     """The new MCQItem, once the schema gate passed."""
     verifier_answers: list[int | None] = field(default_factory=list)
+    alignment: dict[str, float] = field(default_factory=dict)
+    """Reasoning-alignment scores (`distill.alignment.pair_alignment`), once computed."""
     refusal: Any = None
     """The GateResult that refused it (None: accepted)."""
     passed: list[str] = field(default_factory=list)
@@ -215,6 +217,7 @@ def preference_pair(
             "golden_steps": [step.golden_step for step in output.chosen_steps],
             "teacher": teacher,
             "verifier": verifier or "",
+            **candidate.alignment,
         },
     )
 

@@ -13,6 +13,8 @@ not take the good one down with it.
 - form:            chosen and rejected both non-empty, different, within length bounds; chosen's
                    step count near the golden path's; each step mapped to a golden step, in order.
 - decontamination: the new problem does not overlap any evaluation or seed item above a threshold.
+- alignment:       (only with `min_alignment` set) the chosen steps follow the golden path's steps
+                   closely enough (`distill.alignment`: a monotone step alignment, 0-1).
 - verification:    an independent re-solve (fresh prompt, nothing of the chosen reasoning shown)
                    agrees with gold.
 - dedup:           not a near-duplicate of a candidate kept before it.
@@ -29,7 +31,12 @@ from distill.blueprint.decontam import Match
 from distill.blueprint.schema import BlueprintOutput
 from distill.data.prompts import format_final_answer
 
-GATES: tuple[str, ...] = ("schema", "answers", "form", "decontamination", "verification", "dedup")
+GATES: tuple[str, ...] = ("schema", "answers", "form", "decontamination", "alignment", "verification", "dedup")
+
+
+def active_gates(*, verify: bool, alignment: bool) -> list[str]:
+    """The gates a run applies, in order: the verifier's and the alignment gate only when on."""
+    return [g for g in GATES if (verify or g != "verification") and (alignment or g != "alignment")]
 
 
 @dataclass(frozen=True)
@@ -217,6 +224,16 @@ def check_decontamination(match: Match | None, threshold: float) -> GateResult:
         return GateResult.refuse(
             gate,
             f"overlaps {match.kind} item {match.ref_id}: character n-gram overlap {match.score:.2f} >= {threshold:.2f}",
+        )
+    return GateResult.ok(gate)
+
+
+def check_alignment(score: float, min_alignment: float) -> GateResult:
+    """Refuse a chosen reasoning whose step alignment with the golden path is below `min_alignment`."""
+    gate = "alignment"
+    if score < min_alignment:
+        return GateResult.refuse(
+            gate, f"the chosen steps align with the golden path at {score:.2f} < min_alignment {min_alignment:.2f}"
         )
     return GateResult.ok(gate)
 

@@ -9,8 +9,11 @@ pairs, metrics and summary are distill/blueprint/candidates.py):
    every paid response goes into the response cache the moment it arrives (one that fails the
    schema too, then repaired by a new request), so a killed run resumes paying again only for
    what was in flight;
-3. gate: schema, answers, form, decontamination, then an independent re-solve by the verifier,
-   then the duplicate filter (`distill.blueprint.gates`);
+3. gate: schema, answers, form, decontamination, alignment (only with `min_alignment` set), then
+   an independent re-solve by the verifier, then the duplicate filter (`distill.blueprint.gates`);
+   every candidate that reaches the alignment step gets its reasoning-alignment scores
+   (`distill.alignment`: chosen steps against the golden path, rejected against the failed path),
+   written with its pair (`alignment_golden`, `alignment_failed`) and averaged as `augment/alignment_*`;
 4. write: `<output_dir>/pairs/` (HF `save_to_disk` + `pairs.jsonl`, each row a
    `distill.contracts.PreferencePair`) and `<output_dir>/rejected_candidates.jsonl` (each
    refusal with its gate and reason) through a temporary folder that is renamed into place;
@@ -176,6 +179,10 @@ class AugmentConfig:
     step_tolerance: int = field(
         default=2, metadata={"help": "How far the chosen reasoning's step count may be from the golden path's."}
     )
+    min_alignment: float | None = unset_field(
+        "off",
+        "Refuse a pair whose chosen steps align with the golden path's below this (0-1: monotone alignment of character-bigram similarities, distill/alignment.py). Unset: no gate; the scores are logged either way.",
+    )
     replay_recording: str | None = unset_field(
         "bundled",
         "Recorded responses (JSONL) imported into the cache before a replay run. Unset: the bundled recording; 'off': import nothing.",
@@ -317,6 +324,8 @@ class AugmentConfig:
             raise ConfigError("need 0 < min_reasoning_chars <= max_reasoning_chars")
         if self.step_tolerance < 0:
             raise ConfigError(f"step_tolerance must be >= 0, got {self.step_tolerance}")
+        if self.min_alignment is not None and not 0.0 <= self.min_alignment <= 1.0:
+            raise ConfigError(f"min_alignment must be within 0..1 (or unset), got {self.min_alignment}")
 
     @property
     def uses_replay(self) -> bool:
@@ -476,6 +485,7 @@ def gather(candidates: Sequence, prepared: Prepared, cfg: AugmentConfig, teacher
     for candidate, response in zip(candidates, teacher.generate(requests, role="teacher")):
         candidate.response = response
     screen(candidates, prepared.index, cfg)
+    apply_alignment(candidates, cfg.min_alignment)
     if verifier is not None:
         k = cfg.verify_samples
         requests = verification_requests(candidates, prepared.templates["verify"], verifier_params(cfg), k)
@@ -483,6 +493,25 @@ def gather(candidates: Sequence, prepared: Prepared, cfg: AugmentConfig, teacher
         alive = [c for c in candidates if c.alive]
         apply_verification(candidates, {c.id: list(answers[i * k : (i + 1) * k]) for i, c in enumerate(alive)})
     apply_dedup(candidates, cfg.dedup_threshold, cfg.ngram)
+
+
+def apply_alignment(candidates: Sequence, min_alignment: float | None) -> None:
+    """Score each surviving candidate's reasoning alignment; with `min_alignment`, gate on it."""
+    from distill.alignment import pair_alignment
+    from distill.blueprint import gates
+
+    for candidate in candidates:
+        if not candidate.alive:
+            continue
+        output, negative = candidate.output, candidate.negative
+        candidate.alignment = pair_alignment(
+            [gates.step_text(step.text) for step in output.chosen_steps],
+            negative.golden_path,
+            gates.without_answer_lines(output.rejected_reasoning),
+            negative.failed_path,
+        )
+        if min_alignment is not None:
+            candidate.record(gates.check_alignment(candidate.alignment["alignment_golden"], min_alignment))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -626,6 +655,7 @@ def record(cfg: AugmentConfig, prepared: Prepared, candidates: Sequence, usages:
     """Write the outputs, log metrics, artifacts and datasets; (pairs, rejected, counts, metrics, summary)."""
     import pandas as pd
 
+    from distill.alignment import ALIGNMENT_METRICS, alignment_metrics
     from distill.blueprint import gates
     from distill.blueprint.candidates import (
         AUGMENT_HEADLINE,
@@ -646,16 +676,19 @@ def record(cfg: AugmentConfig, prepared: Prepared, candidates: Sequence, usages:
         if c.alive
     ]
     rejected = [rejected_row(c) for c in candidates if not c.alive]
-    counts = gate_counts(candidates, [g for g in gates.GATES if cfg.verify or g != "verification"])
+    counts = gate_counts(candidates, gates.active_gates(verify=cfg.verify, alignment=cfg.min_alignment is not None))
     metrics = augment_metrics(candidates, counts, pairs) | usage_metrics(usages)
     metrics["augment/recording_imported"] = float(imported)
+    metrics |= alignment_metrics(pairs)
     summary = summarise(cfg, prepared, candidates, counts, pairs, usages, imported)
     output_dir = Path(cfg.output_dir)
     rows = [pair.to_dict() for pair in pairs]
     write_outputs(output_dir, rows, rejected, summary)
     metrics["augment/wall_s"] = time.perf_counter() - started
     # A short list of metrics to compare runs by; per gate, subject, transfer kind and role: tables.
-    tracking.log_metrics({k: metrics[k] for k in AUGMENT_HEADLINE} | usage_headline(usages))
+    tracking.log_metrics(
+        {k: metrics[k] for k in (*AUGMENT_HEADLINE, *ALIGNMENT_METRICS) if k in metrics} | usage_headline(usages)
+    )
     tracking.log_table(pd.DataFrame(gate_rows(counts)), "augment/gates.json")
     tracking.log_table(pd.DataFrame(accepted_rows(candidates, pairs)), "augment/accepted.json")
     tracking.log_table(pd.DataFrame(usage_table(usages)), "augment/llm_usage.json")

@@ -155,6 +155,7 @@ class _PipelineFields:
     plan: str | None = stage_field("augment.plan")
     pairs_per_seed: int | None = stage_field("augment.pairs_per_seed")
     n_pairs: int | None = stage_field("train.n_pairs")
+    method: str = stage_field("train.method")
     beta: float = stage_field("train.beta")
     lora_rank: int = stage_field("train.lora_rank")
     lora_alpha: int = stage_field("train.lora_alpha")
@@ -669,6 +670,9 @@ def summary_text(
             f"(Δ {metrics.get('compare/delta_accuracy', float('nan')):+.3f}, McNemar p={metrics.get('compare/mcnemar_p', float('nan')):.3g}), "
             f"macro-F1 of the adapter {metrics.get('eval/macro_f1', float('nan')):.3f}"
         )
+    train = results.get("train")
+    if train is not None:
+        lines.append(f"method    {train.config.method_text}")
     register = results["register"]
     if register.outputs.get("decision") == "registered":
         config = register.config

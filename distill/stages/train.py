@@ -1,4 +1,5 @@
-"""The `train` stage: ORPO with LoRA on preference pairs; adapter logged and evaluated in ONE MLflow run.
+"""The `train` stage: a LoRA adapter trained on preference pairs (ORPO by default; DPO, SimPO or SFT
+by `method`), logged and evaluated in ONE MLflow run.
 
 What one run does, in order (each a step of `run`):
 1. prepare: reads and checks the pairs (`distill.pairs`), holds out a dev split (whole seed
@@ -6,10 +7,16 @@ What one run does, in order (each a step of `run`):
    move when `n_pairs` does); renders each pair for TRL and drops or truncates over-long pairs
    (`overlong`), counting them (`data/n_overlong`, `data/n_dropped`, `data/n_truncated`); see
    `distill.training` for the *Thinking* decision and over-long pairs;
-2. train: a LoRA adapter with TRL's ORPO (`distill.orpo_trainer.SafeORPOTrainer`: a finite
+2. train: a LoRA adapter with the loss `method` names (`distill.preference_loss`: orpo, dpo
+   with RPO's NLL weight, simpo, sft; each with its own hyperparameters below) through one
+   trainer (`distill.preference_trainer.PreferenceTrainer`: TRL's ORPO machinery with a finite
    odds-ratio term, a prompt-length bound, and, unless `prompt_loss=true`, the NLL term on the
    chosen completion only, as in the ORPO paper: TRL's own NLL also covers the prompt, which
-   on long passages drowns the few answer tokens), on the backend the machine allows:
+   on long passages drowns the few answer tokens). Every method gets the same rows, the same
+   truncation, the same dev/eval measurement and logs the same metric names, so runs of
+   different methods compare in one MLflow table (the tag `train/method` and the run name say
+   which). DPO's reference is the base itself, the adapter disabled. The backend is the one the
+   machine allows, whatever the method:
    - `unsloth`: CUDA and Unsloth importable: Unsloth's loader (4-bit unless `load_in_4bit=false`)
      and its `get_peft_model`;
    - `qlora`: 4-bit NF4 through bitsandbytes (`load_student(load_in_4bit=True)`); TRL then
@@ -17,8 +24,8 @@ What one run does, in order (each a step of `run`):
    - `lora`: plain LoRA, fp32 on CPU (bf16/fp16 on a GPU without bitsandbytes).
    The tag `train/backend` says which ran, `train/backend_notes` why the others did not;
 3. log the model: the adapter as a pyfunc model (`distill.adapter_model`) named after the run
-   (`run_label`: `orpo λ=0.13 r=8 lr=1.6e-4 pairs=59`), so that `runs:/<run_id>/<that name>`
-   (the tag `train/model_uri`) loads with `load_student(student, adapter=...)` or
+   (`run_label`: `orpo λ=0.13 r=8 lr=1.6e-4 pairs=59`, `dpo β=0.1 α=1 r=8 ...`), so that
+   `runs:/<run_id>/<that name>` (the tag `train/model_uri`) loads with `load_student(student, adapter=...)` or
    `mlflow.pyfunc.load_model`;
 4. score: reloads the saved adapter the way every later stage will (`load_student(student,
    adapter=dir)`) and measures, on that one model: the dev split with the adapter (`dev/*`:
@@ -75,18 +82,25 @@ from distill.training import (
     measure_lengths,
     parse_target_modules,
     preference_rows,
-    train_orpo,
+    train_preference,
 )
 
 TRI_STATE = ("auto", "true", "false")
 OVERLONG_MODES = ("drop", "truncate")
-NAME_FIELDS = {"beta": "λ", "lora_rank": "r", "learning_rate": "lr"}
-"""The train parameters a run's name shows (with the pairs trained), as `λ=0.13 r=8 lr=1.6e-4`."""
+NAME_FIELDS = {"lora_rank": "r", "learning_rate": "lr"}
+"""The train parameters a run's name shows (after the method's own, with the pairs trained), as `r=8 lr=1.6e-4`."""
+METHOD_FIELDS = {
+    "orpo": {"beta": "λ"},
+    "dpo": {"dpo_beta": "β", "rpo_alpha": "α"},
+    "simpo": {"simpo_beta": "β", "simpo_gamma": "γ", "cpo_alpha": "α"},
+    "sft": {},
+}
+"""Each method's hyperparameters (the fields its loss reads) and the symbol a run's name shows them with."""
 
 
 @dataclass
 class TrainConfig:
-    """Train a LoRA adapter with ORPO on preference pairs; log, evaluate and compare it in MLflow."""
+    """Train a LoRA adapter on preference pairs (ORPO, DPO, SimPO or SFT); log, evaluate and compare it in MLflow."""
 
     student: str = field(
         default="tiny-qwen3",
@@ -102,13 +116,50 @@ class TrainConfig:
         "all",
         "Train on this many pairs, drawn per subject in proportion (seeded), after the dev split. all (or 0): all. The run's param is the number trained.",
     )
+    method: str = field(
+        default="orpo",
+        metadata={
+            "help": "Training loss: orpo (NLL + λ·odds ratio, no reference), dpo (DPO against the base with the adapter disabled, + rpo_alpha·NLL), simpo (length-normalised margin with target γ, + cpo_alpha·NLL, no reference), sft (NLL of the chosen completion only)."
+        },
+    )
     beta: float = field(
-        default=0.1, metadata={"help": "ORPO's λ: weight of the odds-ratio term against the NLL of the chosen answer."}
+        default=0.1,
+        metadata={
+            "help": "ORPO's λ (method=orpo): weight of the odds-ratio term against the NLL of the chosen answer."
+        },
+    )
+    dpo_beta: float = field(
+        default=0.1,
+        metadata={
+            "help": "DPO's β (method=dpo): scale of the summed log-prob ratios to the reference; larger keeps the adapter closer to the base."
+        },
+    )
+    rpo_alpha: float = field(
+        default=0.0,
+        metadata={
+            "help": "method=dpo: weight of the chosen completion's NLL added to DPO (RPO; the paper uses 1.0); 0: plain DPO."
+        },
+    )
+    simpo_beta: float = field(
+        default=2.0,
+        metadata={"help": "SimPO's β (method=simpo): scale of the average log-prob margin (the paper uses 2.0-2.5)."},
+    )
+    simpo_gamma: float = field(
+        default=0.5,
+        metadata={
+            "help": "SimPO's γ (method=simpo): target reward margin, in units of β·(average log-prob); TRL's default 0.5."
+        },
+    )
+    cpo_alpha: float = field(
+        default=0.0,
+        metadata={
+            "help": "method=simpo: weight of the chosen completion's NLL added to SimPO (CPO-SimPO); 0: plain SimPO."
+        },
     )
     prompt_loss: bool = field(
         default=False,
         metadata={
-            "help": "false: ORPO's NLL term covers the chosen completion only (the paper's L_SFT); true: prompt + completion (TRL's default)."
+            "help": "false: the NLL term (ORPO's, SFT's, rpo_alpha's, cpo_alpha's) covers the chosen completion only (ORPO's L_SFT); true: prompt + completion (TRL's default)."
         },
     )
     lora_rank: int = field(default=16, metadata={"help": "LoRA rank r."})
@@ -252,11 +303,41 @@ class TrainConfig:
             raise ConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
         if self.beta < 0 or self.learning_rate <= 0:
             raise ConfigError("beta must be >= 0 and learning_rate > 0")
+        self.method = str(self.method).strip().lower()
+        if self.method not in METHOD_FIELDS:
+            raise ConfigError(f"method must be one of {', '.join(METHOD_FIELDS)}; got {self.method!r}")
+        for name in ("dpo_beta", "simpo_beta"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("rpo_alpha", "simpo_gamma", "cpo_alpha"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.max_steps <= 0 and self.epochs <= 0:
             raise ConfigError("epochs must be > 0 (or set max_steps)")
         parse_target_modules(self.target_modules)
         if self.dev_eval_steps < 0:
             raise ConfigError(f"dev_eval_steps must be >= 0 (0: only after training), got {self.dev_eval_steps}")
+
+    @property
+    def loss_spec(self):
+        """The method and its hyperparameters, as `distill.preference_loss.total_loss` takes them."""
+        from distill.preference_loss import LossSpec
+
+        return {
+            "orpo": LossSpec("orpo", beta=self.beta),
+            "dpo": LossSpec("dpo", beta=self.dpo_beta, nll_weight=self.rpo_alpha),
+            "simpo": LossSpec("simpo", beta=self.simpo_beta, gamma=self.simpo_gamma, nll_weight=self.cpo_alpha),
+            "sft": LossSpec("sft"),
+        }[self.method]
+
+    @property
+    def method_text(self) -> str:
+        """The method with its hyperparameters, as a summary shows it: `DPO β=0.1 α=1`."""
+        label = {"orpo": "ORPO", "dpo": "DPO", "simpo": "SimPO", "sft": "SFT on chosen"}[self.method]
+        values = (
+            f"{symbol}={tracking.short_number(getattr(self, f))}" for f, symbol in METHOD_FIELDS[self.method].items()
+        )
+        return " ".join([label, *values])
 
     @property
     def pairs_source(self) -> str:
@@ -404,12 +485,15 @@ def run(
 
 
 def run_label(cfg: TrainConfig, n_pairs: int, extra: tuple[str, ...] = ()) -> str:
-    """What tells this run from others: `orpo λ=0.13 r=8 lr=1.6e-4 pairs=59` (the pairs actually
-    trained), and any `extra` train parameter as `name=value`."""
-    parts = ["orpo", *(f"{symbol}={tracking.short_number(getattr(cfg, f))}" for f, symbol in NAME_FIELDS.items())]
+    """What tells this run from others: the method and its hyperparameters, `r`, `lr` and the
+    pairs actually trained (`orpo λ=0.13 r=8 lr=1.6e-4 pairs=59`), and any `extra` train
+    parameter as `name=value` (not another method's hyperparameters: they did nothing here)."""
+    shown = METHOD_FIELDS[cfg.method] | NAME_FIELDS
+    parts = [cfg.method, *(f"{symbol}={tracking.short_number(getattr(cfg, f))}" for f, symbol in shown.items())]
     parts.append(f"pairs={n_pairs}")
+    unused = {f for fields in METHOD_FIELDS.values() for f in fields} - set(shown)
     for name in extra:
-        if name not in NAME_FIELDS and name != "n_pairs":
+        if name not in shown and name not in unused and name not in ("n_pairs", "method"):
             parts.append(f"{name}={tracking.short_number(getattr(cfg, name))}")
     return " ".join(parts)
 
@@ -485,14 +569,14 @@ def dev_measure(cfg: TrainConfig, data: TrainData, tokenizer: Any):
 def train_adapter(
     cfg: TrainConfig, backend: Backend, data: TrainData, work_dir: Path, *, on_dev_eval=None, dev_curve: bool = True
 ) -> TrainResult:
-    """Load the student for training, run ORPO, save the adapter under `work_dir`; free the model.
+    """Load the student for training, train with `cfg.method`, save the adapter under `work_dir`; free the model.
 
     With `dev_curve` and `cfg.dev_eval_steps`, the dev split is also measured during training."""
     model, tokenizer, peft_config = load_for_training(cfg, backend, data.student_path)
     callbacks = []
     if dev_curve and cfg.dev_eval_steps and data.dev_rows:
         callbacks.append(dev_curve_callback(dev_measure(cfg, data, tokenizer), cfg.dev_eval_steps, on_dev_eval))
-    result = train_orpo(cfg, backend, model, tokenizer, peft_config, data.rows, work_dir, callbacks=callbacks)
+    result = train_preference(cfg, backend, model, tokenizer, peft_config, data.rows, work_dir, callbacks=callbacks)
     del model, tokenizer
     free_memory()
     return result
@@ -587,6 +671,7 @@ def log_run_inputs(cfg: TrainConfig, backend: Backend, data: TrainData, run_dir:
             "distill.stage": "train",
             "distill.student": cfg.student,
             "distill.path.student": data.student_path,
+            "train/method": cfg.method,
             "train/backend": backend.name,
             "train/backend_notes": "; ".join(backend.notes) or "-",
             "train/device": backend.device,
@@ -819,7 +904,7 @@ def summary_lines(
 
     dev, dev_base, overlong = scores.dev, scores.dev_base.metrics, data.overlong
     lines = [
-        f"train  {cfg.student} + LoRA r={cfg.lora_rank} α={cfg.lora_alpha}, ORPO λ={cfg.beta}, thinking {cfg.thinking}",
+        f"train  {cfg.student} + LoRA r={cfg.lora_rank} α={cfg.lora_alpha}, {cfg.method_text}, thinking {cfg.thinking}",
         f"backend  {backend.name} on {backend.device}" + (f"  ({'; '.join(backend.notes)})" if backend.notes else ""),
         f"pairs    {len(data.pairset.pairs)} loaded → {len(data.rows)} train, {len(data.dev_rows)} dev; over-long {overlong.n_overlong} "
         f"({overlong.n_dropped} dropped, {overlong.n_truncated} truncated; longest {overlong.max_total_tokens} tokens)",

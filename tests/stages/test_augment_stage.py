@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from distill import tracking
-from distill.blueprint.gates import GATES
+from distill.blueprint.gates import active_gates
 from distill.data.prompts import format_final_answer, render_messages
 from distill.data.schema import item_from_dict
 from distill.stages.augment import AugmentConfig, run
@@ -29,6 +29,10 @@ REFUSED = {
     "seed-010-aug2": "verification",  # two right choices; the re-solve picks the other
     "seed-004-aug1": "dedup",  # nearly the same problem as seed-001-aug1
 }
+
+
+GATES = tuple(active_gates(verify=True, alignment=False))
+"""The gates a default run applies (the alignment gate is off until min_alignment is set)."""
 
 
 def default_config(tmp_path: Path, name: str, **overrides) -> AugmentConfig:
@@ -75,6 +79,10 @@ def test_default_run_shows_every_gate_and_logs_everything_train_needs(mlflow_sto
         )
         assert pair["seed_id"] == pair["id"].rsplit("-aug", 1)[0] and pair["prompt_version"].startswith("blueprint-")
     assert "seed-001-aug1" in {p["id"] for p in pairs}  # the first of the two near-duplicates is kept
+    for name in ("alignment_golden", "alignment_failed"):  # scored per pair, averaged per run
+        assert all(0.0 <= pair[name] <= 1.0 for pair in pairs)
+        mean = sum(pair[name] for pair in pairs) / len(pairs)
+        assert MlflowClient().get_run(result.run_id).data.metrics[f"augment/{name}"] == pytest.approx(mean)
 
     # MLflow: metrics, artifacts, the dataset input, the prompt versions
     client = MlflowClient()
@@ -199,3 +207,21 @@ def test_bad_input_is_one_line_naming_file_row_and_field(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [f"error: {bad}, row 1, field 'golden_path': missing or empty"]
     assert not (tmp_path / "out" / "pairs").exists()
+
+
+def test_min_alignment_refuses_the_least_aligned_pair(mlflow_store, tmp_path, capsys):
+    """With the gate off every pair carries its score; a threshold just above the lowest one
+    refuses that pair (gate `alignment`, before the verifier) and keeps the rest."""
+    first = run(default_config(tmp_path, "off"))
+    pairs = read_jsonl(first.pairs_path)
+    lowest = min(pairs, key=lambda p: p["alignment_golden"])
+    threshold = round(lowest["alignment_golden"] + 1e-3, 4)
+    assert sum(p["alignment_golden"] < threshold for p in pairs) == 1, "the lowest score is not unique"
+
+    gated = run(default_config(tmp_path, "on", min_alignment=threshold))
+    refused = {row["id"]: row for row in read_jsonl(gated.rejected_path)}
+    assert refused[lowest["id"]]["gate"] == "alignment"
+    assert "min_alignment" in refused[lowest["id"]]["reason"]
+    assert refused[lowest["id"]]["passed_gates"] == ["schema", "answers", "form", "decontamination"]
+    assert {p["id"] for p in read_jsonl(gated.pairs_path)} == {p["id"] for p in pairs} - {lowest["id"]}
+    assert gated.gate_counts["alignment"]["rejected"] == 1

@@ -32,6 +32,9 @@ def test_every_config_field_is_documented_and_defaults_are_the_embedded_default(
         (dict(n_pairs=-1), "n_pairs"),
         (dict(target_modules=" , "), "target_modules is empty"),
         (dict(lora_rank=0), "lora_rank must be at least 1"),
+        (dict(method="kto"), "method must be one of orpo, dpo, simpo, sft"),
+        (dict(method="dpo", dpo_beta=0.0), "dpo_beta must be > 0"),
+        (dict(method="simpo", simpo_gamma=-1.0), "simpo_gamma must be >= 0"),
     ],
 )
 def test_bad_config_is_a_config_error(changes, words):
@@ -63,3 +66,19 @@ def test_unset_values_have_names_on_the_command_line_and_in_params():
     assert "experiment" not in params and "output_dir" not in params and tags["distill.output_dir"] == "outputs/train"
     params, tags = config_params(TrainConfig(pairs="/data/my pairs/pairs.jsonl"))
     assert params["pairs"] == "pairs.jsonl" and tags["distill.path.pairs"] == "/data/my pairs/pairs.jsonl"
+
+
+def test_method_picks_the_loss_and_the_name_shows_its_own_hyperparameters():
+    from distill.stages.train import run_label
+
+    assert TrainConfig().loss_spec.method == "orpo" and TrainConfig().loss_spec.beta == 0.1
+    dpo = TrainConfig(method=" DPO ", dpo_beta=0.2, rpo_alpha=1.0)
+    assert dpo.method == "dpo" and (dpo.loss_spec.beta, dpo.loss_spec.nll_weight) == (0.2, 1.0)
+    assert dpo.loss_spec.needs_reference and not TrainConfig(method="simpo").loss_spec.needs_reference
+    simpo = TrainConfig(method="simpo", simpo_beta=2.5, simpo_gamma=1.0, cpo_alpha=0.5)
+    assert (simpo.loss_spec.beta, simpo.loss_spec.gamma, simpo.loss_spec.nll_weight) == (2.5, 1.0, 0.5)
+    assert run_label(dpo, 10) == "dpo β=0.2 α=1 r=16 lr=2e-4 pairs=10"
+    assert run_label(TrainConfig(method="sft"), 10) == "sft r=16 lr=2e-4 pairs=10"
+    # A sweep varying beta and method: beta is ORPO's, so a DPO trial's name leaves it out.
+    assert run_label(dpo, 10, ("beta", "method", "lora_alpha")) == "dpo β=0.2 α=1 r=16 lr=2e-4 pairs=10 lora_alpha=32"
+    assert dpo.method_text == "DPO β=0.2 α=1" and TrainConfig().method_text == "ORPO λ=0.1"

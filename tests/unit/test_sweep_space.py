@@ -67,6 +67,7 @@ def test_default_space_varies_learning_rate_and_reads_scientific_notation():
         ({"space": {"beta": {"type": "float", "low": 1.0, "high": 0.5}}}, "space.beta"),
         ({"space": {"lora_rank": {"type": "categorical", "choices": []}}}, "space.lora_rank"),
         ({"space": {"lora_rank": {"type": "grid", "choices": [1]}}}, "space.lora_rank"),
+        ({"space": {"method": {"type": "categorical", "choices": ["orpo", "kto"]}}}, "space.method"),
         ({"space": {"n_pairs": {"type": "int", "low": 1.5, "high": 4}}}, "space.n_pairs"),
         ({"fixed": {"beta": 0.1}}, "fixed.beta"),  # both varied and fixed
         ({"fixed": {"output_dir": "x"}}, "fixed.output_dir"),
@@ -80,6 +81,15 @@ def test_bad_space_names_the_field(changes, field):
         parse_space(_space(**changes), "space.yaml", train_config=TrainConfig)
     assert info.value.field == field
     assert "space.yaml" in str(info.value)
+
+
+def test_method_is_a_sweep_dimension():
+    space = load_space(resolve_space_path("methods"), train_config=TrainConfig)
+    method = next(p for p in space.params if p.name == "method")
+    assert method.type == "categorical" and set(method.choices) == {"orpo", "dpo", "simpo", "sft"}
+    for choice in method.choices:  # each trial's config: the method with the file's fixed values
+        cfg = TrainConfig(**space.fixed, method=choice)
+        assert cfg.loss_spec.method == choice
 
 
 def test_unknown_top_level_key_is_refused():

@@ -1,12 +1,24 @@
-"""TRL's ORPOTrainer with the two changes distill needs, and the callbacks a training run uses.
+"""One trainer for every preference method, and the callbacks a training run uses.
 
 Imported only inside `distill.training` (it imports torch, transformers and TRL at the top).
 
-- `SafeORPOTrainer.odds_ratio_loss` uses `distill.orpo_loss.safe_log1mexp`, so the loss and its
-  gradients stay finite when the policy is very confident (see that module).
-- `SafeORPOTrainer.concatenated_forward` computes the NLL term on the chosen completion only
+`PreferenceTrainer` is TRL's ORPOTrainer (its tokenization, one concatenated forward of chosen
+and rejected, its logging) with the loss chosen by `method` (`distill.preference_loss`: ORPO,
+DPO, SimPO, SFT). One trainer rather than TRL's four (DPOTrainer, experimental CPOTrainer for
+SimPO, SFTTrainer) so that every method sees the same rows, the same prompt bound and
+truncation, the same NLL term and logs the same `train/*` names: TRL's trainers differ in all
+four (DPOTrainer has no prompt bound and different metric names, SFTTrainer has no rejected
+side at all), and a comparison of methods would then compare data preparation too.
+
+- `PreferenceTrainer.get_batch_loss_metrics`: the method's loss (`preference_loss.total_loss`)
+  and the same metrics for every method. DPO's reference log-probs come from the same model
+  with its LoRA adapter disabled (`disable_adapter()`, under no_grad), as TRL's DPOTrainer does
+  for a PeftModel without `ref_model`: no second copy of the weights.
+- ORPO's odds-ratio term is `distill.preference_loss.odds_ratio_terms` (with `safe_log1mexp`), so
+  the loss and its gradients stay finite when the policy is very confident (see that module).
+- `PreferenceTrainer.concatenated_forward` computes the NLL term on the chosen completion only
   (the paper's L_SFT) unless `prompt_loss=True` (TRL's choice: prompt + completion).
-- `SafeORPOTrainer.tokenize_row` bounds the prompt at `max_prompt_length` tokens (keeping its
+- `PreferenceTrainer.tokenize_row` bounds the prompt at `max_prompt_length` tokens (keeping its
   end: the question, the choices and the assistant header) before the completion is cut to fit
   `max_length`. The pinned TRL has no prompt limit and cuts only the completion, so a long
   passage would leave no room for the answer.
@@ -28,7 +40,7 @@ from transformers.trainer_callback import ProgressCallback
 from trl.experimental.orpo import ORPOTrainer
 
 from distill.errors import DistillError
-from distill.orpo_loss import odds_ratio_terms
+from distill.preference_loss import LossSpec, odds_ratio_terms, total_loss
 
 # The trainer's end-of-training summary keys, renamed so they do not collide with the per-step
 # `loss` (`train_loss` is the mean over the whole run).
@@ -65,16 +77,82 @@ def truncate_tokenized_pair(batch: dict[str, list], max_prompt_length: int | Non
     return out
 
 
-class SafeORPOTrainer(ORPOTrainer):
-    """ORPOTrainer with a finite odds-ratio term, a prompt-length bound and (unless
-    `prompt_loss`) the NLL term on the chosen completion only. Same signature as TRL's plus
-    `max_prompt_length` and `prompt_loss`; same logged metric names."""
+class PreferenceTrainer(ORPOTrainer):
+    """ORPOTrainer with the loss of `loss_spec` (ORPO by default), a finite odds-ratio term, a
+    prompt-length bound and (unless `prompt_loss`) the NLL term on the chosen completion only.
+    Same signature as TRL's plus `max_prompt_length`, `prompt_loss` and `loss_spec`; the same
+    logged metric names whatever the method."""
 
-    def __init__(self, *args: Any, max_prompt_length: int | None = None, prompt_loss: bool = False, **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        max_prompt_length: int | None = None,
+        prompt_loss: bool = False,
+        loss_spec: LossSpec | None = None,
+        **kwargs: Any,
+    ):
         # tokenize_row runs inside ORPOTrainer.__init__, so the bound must exist before it.
         self.max_prompt_length = max_prompt_length
         self.prompt_loss = prompt_loss
         super().__init__(*args, **kwargs)
+        self.loss_spec = loss_spec or LossSpec("orpo", beta=self.beta)
+        self.check_reference()
+
+    def check_reference(self) -> None:
+        """A method with a reference (DPO) takes it from the model with its adapter disabled."""
+        model = self.accelerator.unwrap_model(self.model)
+        if self.loss_spec.needs_reference and not hasattr(model, "disable_adapter"):
+            raise DistillError("method=dpo takes its reference from the base with the adapter disabled: it needs LoRA")
+
+    def get_batch_loss_metrics(self, model, batch, train_eval="train"):
+        """The method's loss, and TRL's ORPO metrics (same names) for every method."""
+        import torch
+
+        outputs = self.concatenated_forward(model, batch)
+        chosen_avg, rejected_avg, chosen_logits, rejected_logits, nll = outputs[:5]
+        n_chosen, n_rejected = completion_token_counts(batch)
+        ref = {}
+        if self.loss_spec.needs_reference:
+            ref_chosen, ref_rejected = self.reference_logps(model, batch)
+            ref = {"ref_chosen_sum": ref_chosen * n_chosen, "ref_rejected_sum": ref_rejected * n_rejected}
+        loss, chosen_rewards, rejected_rewards = total_loss(
+            self.loss_spec,
+            nll=nll,
+            chosen_avg=chosen_avg,
+            rejected_avg=rejected_avg,
+            chosen_sum=chosen_avg * n_chosen.to(chosen_avg.device),
+            rejected_sum=rejected_avg * n_rejected.to(rejected_avg.device),
+            **{k: v.to(chosen_avg.device) for k, v in ref.items()},
+        )
+        if self.aux_loss_enabled:
+            loss = loss + self.aux_loss_coef * outputs[5]
+        # The odds ratio is measured for every method (a diagnostic with the same meaning everywhere).
+        _, log_odds = odds_ratio_terms(chosen_avg.detach(), rejected_avg.detach(), 1.0)
+        gather = self.accelerator.gather_for_metrics
+        prefix = "eval_" if train_eval == "eval" else ""
+        figures = {
+            "rewards/chosen": chosen_rewards,
+            "rewards/rejected": rejected_rewards,
+            "rewards/accuracies": (chosen_rewards > rejected_rewards).float(),
+            "rewards/margins": chosen_rewards - rejected_rewards,
+            "logps/chosen": chosen_avg.detach(),
+            "logps/rejected": rejected_avg.detach(),
+            "logits/chosen": chosen_logits.detach().mean(),
+            "logits/rejected": rejected_logits.detach().mean(),
+            "nll_loss": nll.detach(),
+            "log_odds_ratio": torch.nn.functional.logsigmoid(log_odds).mean(),
+            "log_odds_chosen": log_odds.mean(),
+        }
+        return loss, {f"{prefix}{k}": gather(v).float().mean().item() for k, v in figures.items()}
+
+    def reference_logps(self, model, batch):
+        """Average completion log-probs under the reference: this model with its adapter disabled."""
+        import torch
+
+        base = self.accelerator.unwrap_model(model)  # no DDP wrapper: nothing to synchronise without gradients
+        with torch.no_grad(), base.disable_adapter():
+            chosen, rejected = ORPOTrainer.concatenated_forward(self, base, batch)[:2]
+        return chosen.detach(), rejected.detach()
 
     def concatenated_forward(self, model, batch):
         """TRL's forward; unless `prompt_loss`, the NLL term is recomputed over the chosen
@@ -105,15 +183,10 @@ class SafeORPOTrainer(ORPOTrainer):
             self.max_length = limit
         return truncate_tokenized_pair(batch, self.max_prompt_length, limit)
 
-    def odds_ratio_loss(self, policy_chosen_logps, policy_rejected_logps):
-        import torch
 
-        losses, log_odds = odds_ratio_terms(policy_chosen_logps, policy_rejected_logps, self.beta)
-        device = self.accelerator.device
-        chosen_rewards = self.beta * policy_chosen_logps.float().to(device).detach()
-        rejected_rewards = self.beta * policy_rejected_logps.float().to(device).detach()
-        ratio = torch.nn.functional.logsigmoid(log_odds)  # logged as log_odds_ratio, as TRL does
-        return losses, chosen_rewards, rejected_rewards, torch.mean(ratio), torch.mean(log_odds)
+def completion_token_counts(batch) -> tuple[Any, Any]:
+    """Scored tokens of each chosen and rejected completion (TRL's labels, shifted as its log-probs are)."""
+    return tuple((batch[f"{side}_labels"][:, 1:] != -100).sum(-1) for side in ("chosen", "rejected"))
 
 
 class NonFiniteLossCallback(TrainerCallback):
@@ -139,7 +212,7 @@ class MlflowStepCallback(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         # Only a stage's `run` opens an MLflow run (and imports mlflow); library use of
-        # train_orpo (the GPU benchmark, on a machine without mlflow) keeps the history only.
+        # train_preference (the GPU benchmark, on a machine without mlflow) keeps the history only.
         mlflow = sys.modules.get("mlflow")
         metrics: dict[str, float] = {}
         for key, value in (logs or {}).items():

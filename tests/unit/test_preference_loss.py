@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from distill.errors import DistillError
-from distill.orpo_loss import LOG1MEXP_EPS, odds_ratio_terms, safe_log1mexp
+from distill.preference_loss import LOG1MEXP_EPS, odds_ratio_terms, safe_log1mexp
 
 BETA = 0.1
 
@@ -36,10 +36,15 @@ def _trl_method():
 
 
 def _safe_method():
-    from distill.orpo_trainer import SafeORPOTrainer
+    """Ours in TRL's `odds_ratio_loss` shape: (losses, chosen rewards, rejected rewards, mean
+    log-sigmoid of the log odds, mean log odds)."""
 
-    fake_trainer = SimpleNamespace(beta=BETA, accelerator=SimpleNamespace(device=torch.device("cpu")))
-    return lambda c, r: SafeORPOTrainer.odds_ratio_loss(fake_trainer, c, r)
+    def odds_ratio_loss(chosen, rejected):
+        losses, log_odds = odds_ratio_terms(chosen, rejected, BETA)
+        ratio = torch.nn.functional.logsigmoid(log_odds)
+        return losses, BETA * chosen.detach(), BETA * rejected.detach(), ratio.mean(), log_odds.mean()
+
+    return odds_ratio_loss
 
 
 @pytest.mark.parametrize("chosen, rejected", CONFIDENT)
@@ -87,7 +92,7 @@ def test_odds_ratio_prefers_the_more_likely_chosen():
 
 
 def test_non_finite_logged_loss_stops_training():
-    from distill.orpo_trainer import NonFiniteLossCallback
+    from distill.preference_trainer import NonFiniteLossCallback
 
     callback = NonFiniteLossCallback()
     state = SimpleNamespace(global_step=7)
@@ -99,7 +104,7 @@ def test_non_finite_logged_loss_stops_training():
 
 
 def test_truncate_tokenized_pair_keeps_prompt_end_and_fits_max_length():
-    from distill.orpo_trainer import truncate_tokenized_pair
+    from distill.preference_trainer import truncate_tokenized_pair
 
     prompt = list(range(100, 110))  # 10 prompt tokens
     chosen = [1, 2, 3, 4, 5, 99]
@@ -141,9 +146,9 @@ def _tiny_model():
 
 @pytest.mark.parametrize("prompt_loss", [False, True])
 def test_nll_term_covers_the_completion_only_unless_prompt_loss(prompt_loss):
-    from distill.orpo_trainer import SafeORPOTrainer
+    from distill.preference_trainer import PreferenceTrainer
 
-    trainer = object.__new__(SafeORPOTrainer)  # only the attributes concatenated_forward reads
+    trainer = object.__new__(PreferenceTrainer)  # only the attributes concatenated_forward reads
     trainer.is_encoder_decoder, trainer.padding_value, trainer.aux_loss_enabled = False, 0, False
     trainer.accelerator = SimpleNamespace(device=torch.device("cpu"))
     trainer.prompt_loss = prompt_loss
@@ -165,3 +170,117 @@ def test_nll_term_covers_the_completion_only_unless_prompt_loss(prompt_loss):
     first = 1 if prompt_loss else len(prompt)  # position t - 1 predicts token t
     expected = -torch.stack([logprobs[t - 1, targets[t]] for t in range(first, len(targets))]).mean()
     torch.testing.assert_close(nll.float(), expected, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# The other methods' losses (distill.preference_loss.total_loss)
+
+
+def _batch(seed: int = 0, n: int = 16):
+    rng = torch.Generator().manual_seed(seed)
+    chosen = -torch.rand(n, generator=rng) * 3 - 0.05
+    rejected = -torch.rand(n, generator=rng) * 3 - 0.05
+    lengths_c = torch.randint(1, 20, (n,), generator=rng).float()
+    lengths_r = torch.randint(1, 20, (n,), generator=rng).float()
+    nll = torch.tensor(1.7)
+    return chosen, rejected, lengths_c, lengths_r, nll
+
+
+def test_orpo_total_is_trls_nll_minus_the_odds_ratio_term():
+    from distill.preference_loss import LossSpec, total_loss
+
+    chosen, rejected, *_, nll = _batch()
+    loss, rewards_c, rewards_r = total_loss(
+        LossSpec("orpo", beta=BETA), nll=nll, chosen_avg=chosen, rejected_avg=rejected
+    )
+    theirs = _trl_method()(chosen, rejected)
+    torch.testing.assert_close(loss, nll - theirs[0].mean())
+    torch.testing.assert_close(rewards_c, theirs[1])
+    torch.testing.assert_close(rewards_r, theirs[2])
+
+
+def test_simpo_matches_trls_cpo_trainer_with_loss_type_simpo():
+    from trl.experimental.cpo import CPOTrainer
+
+    from distill.preference_loss import LossSpec, total_loss
+
+    chosen, rejected, *_, nll = _batch(1)
+    fake = SimpleNamespace(
+        alpha=0.0,
+        beta=2.0,
+        simpo_gamma=0.5,
+        loss_type="simpo",
+        label_smoothing=0.0,
+        accelerator=SimpleNamespace(device=torch.device("cpu")),
+    )
+    theirs, their_c, their_r = CPOTrainer.cpo_loss(fake, chosen, rejected)
+    for cpo_alpha in (0.0, 1.0):  # TRL adds cpo_alpha * nll the same way
+        spec = LossSpec("simpo", beta=2.0, gamma=0.5, nll_weight=cpo_alpha)
+        loss, rewards_c, rewards_r = total_loss(spec, nll=nll, chosen_avg=chosen, rejected_avg=rejected)
+        torch.testing.assert_close(loss, theirs.mean() + cpo_alpha * nll)
+    torch.testing.assert_close(rewards_c, their_c)
+    torch.testing.assert_close(rewards_r, their_r)
+
+
+def test_dpo_is_the_sigmoid_loss_on_summed_log_ratios_plus_rpo_nll():
+    from distill.preference_loss import LossSpec, total_loss
+
+    chosen, rejected, n_c, n_r, nll = _batch(2)
+    ref_c, ref_r = chosen.flip(0) * n_c, rejected.flip(0) * n_r
+    beta, rpo_alpha = 0.1, 0.5
+    loss, rewards_c, rewards_r = total_loss(
+        LossSpec("dpo", beta=beta, nll_weight=rpo_alpha),
+        nll=nll,
+        chosen_avg=chosen,
+        rejected_avg=rejected,
+        chosen_sum=chosen * n_c,
+        rejected_sum=rejected * n_r,
+        ref_chosen_sum=ref_c,
+        ref_rejected_sum=ref_r,
+    )
+    logits = beta * ((chosen * n_c - ref_c) - (rejected * n_r - ref_r))
+    expected = torch.log1p(torch.exp(-logits)).mean() + rpo_alpha * nll  # -log sigmoid(x) = log(1 + e^-x)
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(rewards_c - rewards_r, logits)
+    with pytest.raises(ValueError, match="reference"):
+        total_loss(LossSpec("dpo", beta=beta), nll=nll, chosen_avg=chosen, rejected_avg=rejected)
+
+
+def test_sft_ignores_the_rejected_completion():
+    from distill.preference_loss import LossSpec, total_loss
+
+    chosen, rejected, *_, nll = _batch(3)
+    rejected = rejected.clone().requires_grad_(True)
+    nll = nll.clone().requires_grad_(True)
+    loss, *_ = total_loss(LossSpec("sft"), nll=nll, chosen_avg=chosen, rejected_avg=rejected)
+    loss.backward()
+    assert loss.item() == pytest.approx(1.7) and rejected.grad is None and nll.grad.item() == 1.0
+
+
+def test_preference_methods_push_the_rejected_down_and_sft_does_not():
+    """d loss / d rejected: positive for ORPO, DPO and SimPO (descending lowers the rejected
+    log-prob), zero for SFT. This is what tells the methods apart on held-out pairs."""
+    from distill.preference_loss import LossSpec, total_loss
+
+    specs = {
+        "orpo": LossSpec("orpo", beta=1.0),
+        "dpo": LossSpec("dpo", beta=0.1),
+        "simpo": LossSpec("simpo", beta=2.0, gamma=0.5),
+        "sft": LossSpec("sft"),
+    }
+    for name, spec in specs.items():
+        rejected = torch.tensor([-1.0], requires_grad=True)
+        chosen = torch.tensor([-1.2])
+        loss, *_ = total_loss(
+            spec,
+            nll=torch.tensor(1.0, requires_grad=True),
+            chosen_avg=chosen,
+            rejected_avg=rejected,
+            chosen_sum=chosen * 3,
+            rejected_sum=rejected * 3,
+            ref_chosen_sum=torch.tensor([-3.0]),
+            ref_rejected_sum=torch.tensor([-3.0]),
+        )
+        loss.backward()
+        grad = 0.0 if rejected.grad is None else rejected.grad.item()
+        assert (grad > 0) == (name != "sft"), (name, grad)
