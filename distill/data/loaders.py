@@ -65,7 +65,8 @@ from distill.io import UTF8_BOM as _UTF8_BOM
 from distill.io import describe_non_text, json_nesting_fault, load_json_text, nesting_message, write_jsonl
 
 FORMATS: tuple[str, ...] = ("competition", "kice", "kmmlu", "jsonl")
-"""The `format` values every entry point accepts (besides `auto`)."""
+"""The built-in formats (shipped specs that `auto` detects by extension and header); every entry
+point also takes `auto`, the other shipped specs (`distill.data.specs.shipped_specs`) and a spec file."""
 
 
 # --------------------------------------------------------------------------- public API
@@ -82,7 +83,8 @@ def load_items(
 ) -> list[MCQItem]:
     """Load an MCQ file as canonical items; any fault is an InputError naming file, row, field.
 
-    `format`: one of FORMATS, or `auto` (by extension, and for CSV by the header columns).
+    `format`: a shipped spec's name (FORMATS, csat_qa, haerae), a spec file (.yaml), or `auto`
+    (`resolve_spec`: by extension and CSV header, else the first shipped spec that fits).
     `subject_map`: a map file (see `load_subject_map`) or a mapping; item ids win over
     category labels. `require_answer`: an item without a gold answer is an error.
     `allow_duplicate_choices`: two choices with the same text are an error unless this is

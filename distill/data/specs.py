@@ -7,7 +7,7 @@ example; docs/design.md the rationale):
     reader:  csv | tsv | json | jsonl | parquet | hf_disk | hub | auto, or a mapping
              {type, delimiter (a character or auto), encoding (auto = UTF-8 then CP949),
               files (glob inside a folder), id/config/split (hub; split also for hf_disk)}
-    records: where the records are inside a JSON file, a dotted path (`passages.problems`);
+    records: where the records are inside a JSON file (or each JSONL line), a dotted path (`passages.problems`);
              each list on the way is iterated, and a record reads its parents' fields as `../name`
     fields:  id, paragraph, question, question_plus, choices, answer, subject, source, extra
     keep_unmapped: true keeps every field no mapping used in `extra` (default false)
@@ -140,7 +140,8 @@ class _SpecReader:
         self.path = path
 
     def fail(self, key: str, message: str):
-        raise InputError(self.path, message, field=key)
+        # key "" is the document itself (a YAML list or an empty file): no field to name
+        raise InputError(self.path, message if key else f"format spec {message}", field=key or None)
 
     def mapping(self, value: Any, key: str, allowed: tuple[str, ...]) -> dict[str, Any]:
         if not isinstance(value, dict):
@@ -264,18 +265,25 @@ def _load_spec_file(path: Path, mtime_ns: int) -> FormatSpec:
     extra_raw = fields_raw.get("extra") or {}
     if isinstance(extra_raw, list):
         extra_raw = {spec.text(name, f"fields.extra[{i}]"): name for i, name in enumerate(extra_raw)}
+    if not isinstance(extra_raw, dict):
+        spec.fail(
+            "fields.extra", f"must be a mapping (name: value) or a list of names, got {type(extra_raw).__name__}"
+        )
     extra = {
         str(name): spec.value(source, f"fields.extra.{name}")
         for name, source in spec.mapping(extra_raw, "fields.extra", tuple(str(k) for k in extra_raw)).items()
     }
     records = top.get("records") or ""
+    reader = _reader(spec, top.get("reader", "auto"))
+    if records and reader.type not in ("auto", "json", "jsonl"):
+        spec.fail("records", f"a {reader.type} reader has flat rows: records applies to json and jsonl only")
     keep = top.get("keep_unmapped", False)
     if not isinstance(keep, bool):
         spec.fail("keep_unmapped", f"must be true or false, got {keep!r}")
     return FormatSpec(
         path=path,
         name=str(top.get("name") or path.stem),
-        reader=_reader(spec, top.get("reader", "auto")),
+        reader=reader,
         records=tuple(part for part in spec.text(records, "records").split(".") if part) if records else (),
         fields=values,
         choices=_choices(spec, fields_raw["choices"]),
@@ -444,8 +452,14 @@ def _file_records(spec: FormatSpec, file: Path, kind: str) -> Iterator[Record]:
         for position, (row, cells) in enumerate(table.records, start=1):
             yield Record({table.columns[k]: v for k, v in cells.items()}, file, row, position, tabular=True)
     elif kind == "jsonl":
-        for position, (row, data) in enumerate(iter_jsonl(file), start=1):
-            yield Record(data, file, row, position)
+        position = 0
+        for row, data in iter_jsonl(file):
+            # with `records`, each line is a nested object walked like a JSON file; faults name the line
+            for leaf, parents in _walk(spec, file, data, (), 0, [row - 1]) if spec.records else [(data, ())]:
+                position += 1
+                yield Record(leaf, file, row, position, parents)
+        if not position:
+            raise InputError(file, "the file has no items", row=1)
     elif kind == "json":
         text = _decode_json_file(file)
         if not text.strip():
@@ -725,7 +739,7 @@ def text_of(record: Record, raw: Any, name: str, *, numbers: bool = True) -> str
     if _is_blank(raw):
         return ""
     if isinstance(raw, bool) or (not numbers and isinstance(raw, (int, float))):
-        raise InputError(record.file, f"{name} must be text, got bool", record.row, name)
+        raise InputError(record.file, f"{name} must be text, got {type(raw).__name__}", record.row, name)
     if isinstance(raw, (str, int, float)):
         return normalize_text(str(raw))
     if isinstance(raw, (list, tuple)) and all(isinstance(part, str) for part in raw):
@@ -922,7 +936,7 @@ def _optional_text(spec: FormatSpec, record: Record, name: str) -> str:
 def _item_id(spec: FormatSpec, record: Record) -> str:
     if "id" not in spec.fields:
         return f"{record.file.stem}-{record.position}"
-    raw = evaluate(record, spec.fields["id"], field_name="id")
+    raw = _required(spec, record, "id")
     item_id = normalize_text(check_id_text(record.file, record.row, "" if _is_blank(raw) else str(raw)))
     if not item_id:
         raise InputError(record.file, "id is empty", record.row, "id")
@@ -1018,6 +1032,10 @@ def _check_columns(spec: FormatSpec, record: Record) -> None:
             )
 
 
+_ITEM_KEYS = ("fields.id", "fields.question", "fields.choices")
+"""The spec keys whose value every record must have (a missing answer is "no gold", not a fault)."""
+
+
 def fit_report(spec: FormatSpec, dataset: str | Path) -> tuple[float, str]:
     """How far a spec is from a dataset, and why: the share of the columns it needs that the
     first record lacks (0: all present; 2: it cannot even read a record)."""
@@ -1029,7 +1047,10 @@ def fit_report(spec: FormatSpec, dataset: str | Path) -> tuple[float, str]:
         return 2.0, "no records"
     if not isinstance(first.data, dict):
         return 2.0, f"a record is {type(first.data).__name__}, not an object"
-    needed = list(dict.fromkeys(column for _, column in _needed_columns(spec)))
+    needed_columns = _needed_columns(spec)
+    if not first.tabular:  # a JSON record may leave out any key but those every item needs
+        needed_columns = [(key, column) for key, column in needed_columns if key in _ITEM_KEYS]
+    needed = list(dict.fromkeys(column for _, column in needed_columns))
     missing = [column for column in needed if _lookup(first.data, column) is _MISSING]
     if missing:
         return len(missing) / len(needed), "no column " + ", ".join(repr(name) for name in missing)

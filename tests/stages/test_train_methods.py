@@ -93,3 +93,36 @@ def test_dpo_without_an_adapter_is_refused():
     trainer.loss_spec = LossSpec("dpo", beta=0.1)
     with pytest.raises(DistillError, match="needs LoRA"):
         trainer.check_reference()
+
+
+@pytest.mark.parametrize("method", ["orpo", "simpo", "sft"])
+def test_the_trainer_uses_each_methods_own_loss(tmp_path, method):
+    """Not ORPO under every name: each method's logged reward is its own scale times the
+    average log-prob (ORPO's λ, SimPO's β, 1 for SFT), and only SFT's loss is its NLL alone.
+    (DPO's zero rewards at the first step are the test above.)"""
+    from distill.models import resolve_model_path
+    from distill.pairs import load_pairs
+    from distill.training import decide_backend, load_for_training, preference_rows, train_preference
+
+    pairs, _ = write_synthetic_task(tmp_path / "task", n_train=8, n_heldout=2, seed=0)
+    cfg = TrainConfig(
+        pairs=str(pairs),
+        method=method,
+        beta=0.5,
+        simpo_beta=3.0,
+        max_steps=1,
+        per_device_batch_size=4,
+        learning_rate=1e-2,
+        max_length=256,
+        max_prompt_length=200,
+    )
+    backend = decide_backend(cfg.load_in_4bit, cfg.use_unsloth)
+    model, tokenizer, lora = load_for_training(cfg, backend, resolve_model_path(cfg.student))
+    rows = preference_rows(load_pairs(pairs).pairs, tokenizer, thinking=False)
+    result = train_preference(cfg, backend, model, tokenizer, lora, rows, tmp_path / "work")
+    step = next(h for h in result.history if "train/rewards/chosen" in h)
+    scale = {"orpo": cfg.beta, "simpo": cfg.simpo_beta, "sft": 1.0}[method]
+    for side in ("chosen", "rejected"):
+        assert step[f"train/rewards/{side}"] == pytest.approx(scale * step[f"train/logps/{side}"], rel=1e-4)
+    # transformers rounds the logged loss to 4 decimals
+    assert (abs(step["train/loss"] - step["train/nll_loss"]) < 2e-4) == (method == "sft"), step

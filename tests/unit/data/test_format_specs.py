@@ -391,3 +391,78 @@ def test_delimiters_tsv_under_auto_and_sniffed(tmp_path):
     )
     assert load_items(tmp_path / "k.tsv", "kmmlu")[0].choices == ("a", "b", "c", "d")
     assert load_items(tmp_path / "k.txt", sniffing)[0].subject == "Law"
+
+
+# --------------------------------------------------------------------------- second reading
+
+
+def test_auto_reads_a_folder_and_a_glob_of_kice_files(tmp_path):
+    """A KICE question may leave out optional keys (question_plus, no_paragraph, score): `auto`
+    over a folder must not count them as missing columns and refuse the kice spec."""
+    from data_helpers import exam_passages, write_json
+
+    folder = tmp_path / "kice"
+    folder.mkdir()
+    files = [write_json(folder / f"{year}_11_KICE.json", exam_passages(year, [3, 2])) for year in (2018, 2019)]
+    expected = [item for path in files for item in load_items(path, "kice")]
+    assert load_items(folder, "auto") == expected
+    assert load_items(folder / "*.json", "auto") == expected
+    assert detect_format_name(folder) == "kice"
+
+
+def test_empty_jsonl_file_is_an_error(tmp_path):
+    path = tmp_path / "empty.jsonl"
+    path.write_text("\n", encoding="utf-8")
+    with pytest.raises(InputError) as info:
+        load_items(path, "jsonl")
+    assert (info.value.path, info.value.row) == (str(path), 1) and "no items" in info.value.message
+
+
+def test_records_path_applies_to_each_jsonl_line(tmp_path):
+    spec = tmp_path / "nested.yaml"
+    spec.write_text(
+        "reader: jsonl\nrecords: questions\nnames: [passage, question]\n"
+        "fields:\n  id: {template: '{../pid}-{$position}'}\n  paragraph: ../text\n"
+        "  question: q\n  choices: opts\n  answer: {field: a, as: zero_based}\n",
+        encoding="utf-8",
+    )
+    lines = [
+        {"pid": "p1", "text": "지문 1", "questions": [{"q": "가?", "opts": ["a", "b"], "a": 0}]},
+        {"pid": "p2", "text": "지문 2", "questions": [{"q": "나?", "opts": ["c", "d"], "a": 1}]},
+    ]
+    path = write_jsonl_rows(tmp_path / "p.jsonl", lines)
+    items = load_items(path, spec)
+    assert [(i.id, i.paragraph, i.answer) for i in items] == [("p1-1", "지문 1", 1), ("p2-2", "지문 2", 2)]
+    write_jsonl_rows(path, [*lines, {"pid": "p3", "questions": []}])
+    with pytest.raises(InputError) as info:
+        load_items(path, spec)
+    assert (info.value.row, info.value.field) == (3, "questions")
+
+
+@pytest.mark.parametrize(
+    ("spec_text", "key", "fragment"),
+    [
+        ("reader: csv\nrecords: problems\nfields: {question: q, choices: c}\n", "records", "json and jsonl only"),
+        ("fields:\n  question: q\n  choices: c\n  extra: 5\n", "fields.extra", "must be a mapping"),
+        ("- question\n- choices\n", None, "format spec must be a mapping, got list"),
+    ],
+    ids=["records with csv", "extra not a mapping", "not a mapping at all"],
+)
+def test_more_spec_errors_name_spec_file_and_key(tmp_path, spec_text, key, fragment):
+    spec = tmp_path / "layout.yaml"
+    spec.write_text(spec_text, encoding="utf-8")
+    with pytest.raises(InputError) as info:
+        load_spec(spec)
+    assert (info.value.path, info.value.field) == (str(spec), key) and fragment in info.value.message
+
+
+def test_jsonl_missing_id_and_number_question_say_so(tmp_path):
+    path = write_jsonl_rows(tmp_path / "c.jsonl", [{"question": "q?", "choices": ["a", "b"]}])
+    with pytest.raises(InputError) as info:
+        load_items(path, "jsonl")
+    assert info.value.field == "id" and "missing field 'id'" in info.value.message
+    spec = tmp_path / "s.yaml"
+    spec.write_text("reader: jsonl\nfields: {question: q, choices: c}\n", encoding="utf-8")
+    write_jsonl_rows(path, [{"q": 5, "c": ["a", "b"]}])
+    with pytest.raises(InputError, match="question must be text, got int"):
+        load_items(path, spec)
