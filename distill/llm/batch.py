@@ -11,6 +11,12 @@
 3. The rest are split by the provider's limits (requests and bytes per job) and submitted; each
    job's name and request keys are written to the cache database the moment the provider
    created it, before anything else can fail (`ResponseCache.add_batch_job`).
+   Never paid twice: a job's display name is a hash of its backend, model, kind, attempt and
+   request keys, and that name and the keys are written to the cache database before the create
+   call (`add_batch_intent`). Before a create is tried again (its reply was lost or timed out,
+   though the provider may have made the job), and on the next run for an intent a kill left
+   behind, the provider's list of jobs is searched for that display name and a job found there
+   (and not already stored) is adopted instead of creating another one.
 4. Poll with backoff (`poll_s`, x1.5 up to `poll_max_s`) and a progress bar (requests done /
    total, job states) until every job ended or `timeout_s` passed (`BatchTimeout`: the jobs
    stay stored, a rerun re-attaches).
@@ -22,8 +28,9 @@
    resubmitted once (`Usage.batch_resubmitted`); a resubmission that ends the same way fails
    its requests.
 
-A backend speaks batch through five methods: `batch_line(key, request)` (the provider's JSON
-for one request), `_batch_create(lines, display_name)`, `_batch_status(name)`,
+A backend speaks batch through six methods: `batch_line(key, request)` (the provider's JSON
+for one request), `_batch_create(lines, display_name)`, `_batch_list(display_name)` (the
+(name, state) of the provider's jobs under that display name), `_batch_status(name)`,
 `_batch_results(name)` (the raw result object per request key) and `_batch_outcome(raw,
 request)` (a Response, or the TransientError / PermanentError it carries). In `export` mode
 (openai backend only) nothing is sent: the lines are written as an OpenAI batch JSONL file for
@@ -35,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import json
 import time
 import uuid
@@ -61,7 +69,13 @@ EXPORT_BACKENDS = ("openai",)
 
 PENDING, RUNNING, SUCCEEDED = "PENDING", "RUNNING", "SUCCEEDED"
 FAILED, EXPIRED, CANCELLED = "FAILED", "EXPIRED", "CANCELLED"
-ENDED = frozenset({SUCCEEDED, FAILED, EXPIRED, CANCELLED})
+PARTIALLY_SUCCEEDED = "PARTIALLY_SUCCEEDED"
+"""Gemini's JobState: ended, some results missing. Collected as any ended job: the answers are
+stored, per-request errors follow the taxonomy, missing requests are resubmitted once."""
+ENDED = frozenset({SUCCEEDED, FAILED, EXPIRED, CANCELLED, PARTIALLY_SUCCEEDED})
+KNOWN_STATES = ENDED | {PENDING, RUNNING}
+"""Any other state a provider reports (Gemini's JOB_STATE_PAUSED, or one added later) is taken
+as not ended: polled until it ends or batch_timeout_s passes, and logged once per job and state."""
 
 EXPORT_PREFIX = "export:"
 
@@ -76,6 +90,7 @@ class BatchSettings:
     poll_s: float = 30.0
     """First wait between polls; each next wait is 1.5 times longer, up to poll_max_s."""
     poll_max_s: float = 600.0
+    """The longest wait between polls (a job can take hours: no need to ask every few seconds)."""
     max_requests: int | None = None
     """Requests per job (None: the provider's limit)."""
     max_bytes: int | None = None
@@ -87,7 +102,7 @@ class BatchSettings:
 @dataclass(frozen=True)
 class JobStatus:
     state: str
-    """One of PENDING, RUNNING, SUCCEEDED, FAILED, EXPIRED, CANCELLED."""
+    """One of KNOWN_STATES, or a provider's state distill does not know (treated as running)."""
     done: int = 0
     """Requests the provider finished (answered or failed) so far."""
     total: int = 0
@@ -125,6 +140,15 @@ def check_mode(role: str, kind: str, mode: Any) -> str:
     return mode
 
 
+def display_name(backend, keys: Sequence[str], kind: str, attempt: int) -> str:
+    """The display name of a job: the same for the same backend, model, kind, attempt and request
+    keys, so a job whose create reply was lost is found again in the provider's list."""
+    digest = hashlib.sha256(
+        json.dumps([backend.name, backend.model, kind, attempt, list(keys)]).encode("utf-8")
+    ).hexdigest()
+    return f"distill-{backend.role or backend.name}-{digest[:24]}"
+
+
 def split_jobs(items: Sequence[tuple[str, Any]], sizes: Sequence[int], max_requests: int, max_bytes: int):
     """Consecutive chunks of `items` with at most max_requests items and max_bytes bytes each
     (a single item over max_bytes still gets a job of its own: the provider will say no)."""
@@ -158,6 +182,8 @@ class _Run:
         self.jobs: dict[str, Any] = {}
         """Open jobs being polled: name -> BatchJobRecord."""
         self.status: dict[str, JobStatus] = {}
+        self.unknown_states: set[tuple[str, str]] = set()
+        """(job, state) pairs already logged as unknown."""
         self.started = time.monotonic()
 
     # -- outcomes ------------------------------------------------------------------------------
@@ -188,14 +214,17 @@ class _Run:
         return response
 
     def fail(self, key: str, message: str, attempts: int, kind: str) -> None:
+        """No answer for `key`; `kind` is how it failed, "" when the backend's stop kept it from
+        being sent (as online: neither warned about nor fed to the circuit breaker)."""
         backend = self.backend
         backend.usage.failures += 1
         text = backend._redact(
             f"{backend.name}/{backend.model}: gave up on {self.requests[key].describe()} (key {key[:16]}) "
             f"in batch mode: {message}"
         )
-        logger.warning("%s", text)
-        backend._note_outcome(self.requests[key], kind, message)
+        if kind:
+            logger.warning("%s", text)
+            backend._note_outcome(self.requests[key], kind, message)
         self.settle(
             key, Response(text="", backend=backend.name, model=backend.model, key=key, error=text, attempts=attempts)
         )
@@ -210,6 +239,69 @@ class _Run:
         self.cache.drop_batch_results([key for key in held if key not in self.left])
 
     # -- jobs ----------------------------------------------------------------------------------
+
+    async def find(self, display: str) -> tuple[str, str] | None:
+        """(name, state) of a job the provider holds under `display` that the cache does not store
+        yet (a stored one is an earlier job of the same requests), or None. A provider that cannot
+        list its jobs (PermanentError) is warned about and taken to hold none."""
+        backend = self.backend
+        try:
+            found = await backend._batch_list(display)
+        except PermanentError as exc:
+            logger.warning(
+                "%s/%s: cannot list batch jobs to find %s (%s): a job made by a lost create reply may be paid twice",
+                backend.name,
+                backend.model,
+                display,
+                backend._redact(exc),
+            )
+            return None
+        return next(((name, state) for name, state in found if not self.cache.has_batch_job(name)), None)
+
+    async def adopt_intents(self) -> None:
+        """Jobs a killed run asked for but never stored: adopted when the provider made them,
+        forgotten (their requests go out again) when it did not."""
+        backend = self.backend
+        if backend.mode == "export":
+            return
+        policy = backend.retry
+        for intent in self.cache.batch_intents(backend.name, backend.model):
+            for attempt in range(policy.max_retries + 1):
+                try:
+                    found = await self.find(intent.display)
+                    break
+                except (TransientError, TimeoutError) as exc:
+                    if attempt == policy.max_retries:
+                        raise StageFailed(
+                            f"{backend.name}/{backend.model}: could not look up batch job {intent.display} (asked for "
+                            f"by an earlier run): {backend._redact(exc)}. Rerun: nothing is created before it is found.",
+                            "batch_submit",
+                        ) from None
+                    retry_after = getattr(exc, "retry_after_s", None)
+                    await asyncio.sleep(
+                        backoff_delay(attempt, policy.backoff_base_s, policy.backoff_max_s, retry_after, backend._rng)
+                    )
+            if found is not None:
+                name, state = found
+                self.cache.add_batch_job(
+                    name,
+                    backend=backend.name,
+                    model=backend.model,
+                    keys=intent.keys,
+                    kind=intent.kind,
+                    attempt=intent.attempt,
+                    state=state,
+                )
+                logger.warning(
+                    "%s/%s: adopted batch job %s (%s, %d requests) that an earlier run created but never stored: "
+                    "not sent again",
+                    backend.name,
+                    backend.model,
+                    name,
+                    state,
+                    len(intent.keys),
+                )
+            self.cache.drop_batch_intent(intent.display)
 
     def reattach(self) -> None:
         backend = self.backend
@@ -239,26 +331,46 @@ class _Run:
         backend = self.backend
         if not keys:
             return
+        if backend._stopped is not None:
+            # As online: a stopped backend (circuit breaker, permanent error) pays for nothing more.
+            made = attempt - 1 if kind in ("first", "retry") else attempt
+            for key in keys:
+                reason = f"not sent: {backend.name}/{backend.model} stopped ({backend._stopped.reason})"
+                self.fail(key, reason, made, "")
+            return
         limit_requests, limit_bytes = backend.batch_limits()
         max_requests = self.settings.max_requests or limit_requests
         max_bytes = self.settings.max_bytes or limit_bytes
         lines = [(key, backend.batch_line(key, self.requests[key])) for key in keys]
         sizes = [len(json.dumps(line, ensure_ascii=False).encode("utf-8")) + 1 for _, line in lines]
         for chunk in split_jobs(lines, sizes, max_requests, max_bytes):
-            display = f"distill-{backend.role or backend.name}-{uuid.uuid4().hex[:12]}"
+            chunk_keys = [key for key, _ in chunk]
+            if backend.mode == "export":  # nothing is paid: a fresh file name per export
+                display = f"distill-{backend.role or backend.name}-{uuid.uuid4().hex[:12]}"
+            else:
+                display = display_name(backend, chunk_keys, kind, attempt)
+                # Before the call: a kill or a lost reply from here on is found again by this name.
+                self.cache.add_batch_intent(
+                    display, backend=backend.name, model=backend.model, keys=chunk_keys, kind=kind, attempt=attempt
+                )
             name, state = await self._create(chunk, display)
             # Stored the moment the provider created it: a kill from here on re-attaches.
             self.cache.add_batch_job(
                 name,
                 backend=backend.name,
                 model=backend.model,
-                keys=[key for key, _ in chunk],
+                keys=chunk_keys,
                 kind=kind,
                 attempt=attempt,
                 state=state,
             )
+            # A kill before this drop leaves an intent whose job is stored: the next run's look-up
+            # skips stored jobs, finds nothing and forgets it.
+            self.cache.drop_batch_intent(display)
             backend.usage.batch_jobs += 1
             backend.usage.requests += len(chunk)
+            if kind == "resubmit":
+                backend.usage.batch_resubmitted += len(chunk)
             if attempt > 1:
                 backend.usage.retries += len(chunk)
             self.jobs[name] = BatchJobRecord(
@@ -283,6 +395,17 @@ class _Run:
         policy = backend.retry
         for attempt in range(policy.max_retries + 1):
             try:
+                if attempt > 0:
+                    # The last try may have made the job though its reply never came: adopt it.
+                    found = await self.find(display)
+                    if found is not None:
+                        logger.warning(
+                            "%s/%s: batch job %s was created though the reply was lost: adopted, not created again",
+                            backend.name,
+                            backend.model,
+                            found[0],
+                        )
+                        return found
                 return await backend._batch_create(chunk, display)
             except PermanentError as exc:
                 message = backend._redact(exc)
@@ -292,17 +415,17 @@ class _Run:
                     f"{message.rstrip('. ')}. Fix the cause and rerun: jobs already created are stored and re-attached.",
                 )
                 backend._raise_if_stopped()
-            except TransientError as exc:
+            except (TransientError, TimeoutError) as exc:  # a timeout too: the job may exist all the same
                 if attempt == policy.max_retries:
                     raise StageFailed(
                         f"{backend.name}/{backend.model}: could not create a batch job after {attempt + 1} attempts: "
-                        f"{backend._redact(exc)}. Rerun: jobs already created are stored and re-attached.",
+                        f"{backend._redact(exc) or type(exc).__name__}. Rerun: jobs already created are stored and "
+                        "re-attached, and one whose reply was lost is found by its display name.",
                         "batch_submit",
                     ) from None
+                retry_after = getattr(exc, "retry_after_s", None)
                 await asyncio.sleep(
-                    backoff_delay(
-                        attempt, policy.backoff_base_s, policy.backoff_max_s, exc.retry_after_s, backend._rng
-                    )
+                    backoff_delay(attempt, policy.backoff_base_s, policy.backoff_max_s, retry_after, backend._rng)
                 )
         raise AssertionError("unreachable")
 
@@ -311,12 +434,14 @@ class _Run:
         backend = self.backend
         if name.startswith(EXPORT_PREFIX):
             job = self.jobs[name]
-            imported = len(self.cache.batch_results(job.keys)) + sum(1 for key in job.keys if key in self.cache)
+            # A key can be both cached and still held as a line (a kill between store and drop, or the
+            # same output file imported twice): count it once, or the job looks done too early.
+            imported = len(set(self.cache.batch_results(job.keys)) | set(self.cache.get_many(job.keys)))
             state = SUCCEEDED if imported >= len(job.keys) else PENDING
             return JobStatus(state, imported, len(job.keys))
         try:
             return await backend._batch_status(name)
-        except TransientError as exc:
+        except (TransientError, TimeoutError) as exc:
             logger.warning(
                 "%s/%s: polling batch job %s failed (%s); will poll again",
                 backend.name,
@@ -350,6 +475,14 @@ class _Run:
                 )
                 self.jobs[name] = job
                 return
+            except PermanentError as exc:  # a clean stop (StageFailed), as in poll; the job stays open
+                backend._stop(
+                    "permanent_error",
+                    f"{backend.name}/{backend.model}: the results of batch job {name} cannot be read: "
+                    f"{backend._redact(exc)}. It stays stored; fix the cause and rerun.",
+                )
+                backend._raise_if_stopped()
+                raise
         if status.state != SUCCEEDED:
             logger.warning(
                 "%s/%s: batch job %s ended %s%s with %d of %d results",
@@ -357,7 +490,7 @@ class _Run:
                 backend.model,
                 name,
                 status.state,
-                f" ({status.message})" if status.message else "",
+                f" ({backend._redact(status.message)})" if status.message else "",
                 len(lines),
                 len(job.keys),
             )
@@ -399,7 +532,6 @@ class _Run:
                     )
                 unfinished = []
             else:
-                backend.usage.batch_resubmitted += len(unfinished)
                 logger.warning(
                     "%s/%s: batch job %s ended %s; resubmitting its %d unfinished requests once",
                     backend.name,
@@ -434,10 +566,10 @@ async def fetch_in_batches(backend, requests: Sequence[Request], to_fetch: dict[
     run = _Run(backend, requests, to_fetch, results, bar)
     backend.usage.batch = 1
     run.take_held_results()
+    await run.adopt_intents()
     run.reattach()
-    await run.submit(
-        [key for key in to_fetch if key in run.left and key not in run.held_keys()], kind="first", attempt=1
-    )
+    held = run.held_keys()  # once: per key it would cost O(requests x held) after a kill at scale
+    await run.submit([key for key in to_fetch if key in run.left and key not in held], kind="first", attempt=1)
     delay = max(0.0, run.settings.poll_s)
     while run.jobs:
         for name in list(run.jobs):
@@ -445,6 +577,17 @@ async def fetch_in_batches(backend, requests: Sequence[Request], to_fetch: dict[
             if status is None:
                 continue
             run.status[name] = status
+            if status.state not in KNOWN_STATES and (name, status.state) not in run.unknown_states:
+                run.unknown_states.add((name, status.state))
+                logger.warning(
+                    "%s/%s: batch job %s reports state %s, which distill does not know: taken as not ended "
+                    "(polled until it ends or batch_timeout_s=%g passes)",
+                    backend.name,
+                    backend.model,
+                    name,
+                    status.state,
+                    run.settings.timeout_s,
+                )
             if status.state != run.jobs[name].state:
                 run.cache.update_batch_job(name, state=status.state)
                 run.jobs[name] = dataclasses.replace(run.jobs[name], state=status.state)
@@ -462,7 +605,8 @@ async def fetch_in_batches(backend, requests: Sequence[Request], to_fetch: dict[
                 f"{run.settings.timeout_s:g} ({', '.join(run.jobs)}). They stay stored in {run.cache.path}: rerun "
                 "later and the stage re-attaches to them (nothing is sent twice)."
             )
-        await asyncio.sleep(delay)
+        # Never sleep past the deadline: a long poll interval must not stretch batch_timeout_s.
+        await asyncio.sleep(min(delay, max(0.0, run.started + run.settings.timeout_s - time.monotonic())))
         delay = min(max(delay * 1.5, 0.01), run.settings.poll_max_s)
     assert not run.left, f"batch mode left {len(run.left)} requests without an outcome"
 

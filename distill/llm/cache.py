@@ -10,7 +10,10 @@ Only responses and a description of the request are stored; never credentials.
 
 Provider batch jobs (distill/llm/batch.py) live in the same file: `batch_jobs` holds each job's
 name and the request keys it carries, written the moment the provider created the job (so a
-killed stage re-attaches to it instead of paying twice), and `batch_results` holds result lines
+killed stage re-attaches to it instead of paying twice), `batch_intents` holds a job about to be
+created (its display name and keys, written before the create call: a create whose reply was
+lost, or a kill before the job was stored, is found again by that name in the provider's list
+of jobs instead of being paid twice), and `batch_results` holds result lines
 imported from a file (`python -m distill llm import-batch`, e.g. the output of `vllm run-batch`)
 until the stage that asked for them turns them into responses.
 """
@@ -62,6 +65,17 @@ CREATE TABLE IF NOT EXISTS batch_results (
     created_at  REAL NOT NULL
 )
 """,
+    """
+CREATE TABLE IF NOT EXISTS batch_intents (
+    display     TEXT PRIMARY KEY,
+    backend     TEXT NOT NULL,
+    model       TEXT NOT NULL,
+    keys        TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    attempt     INTEGER NOT NULL,
+    created_at  REAL NOT NULL
+)
+""",
 )
 
 BUSY_TIMEOUT_MS = 60_000
@@ -85,6 +99,18 @@ class BatchJobRecord:
     closed: bool
     """Its results were collected (or given up on): never re-attached."""
     created_at: float
+
+
+@dataclass(frozen=True)
+class BatchIntent:
+    """A batch job about to be created: written before the create call, dropped once the job is
+    stored (or known never to have been made)."""
+
+    display: str
+    """The job's display name: derived from its request keys, so the provider's list finds it."""
+    keys: tuple[str, ...]
+    kind: str
+    attempt: int
 
 
 class ResponseCache:
@@ -228,6 +254,32 @@ class ResponseCache:
             " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
             (name, backend, model, json.dumps(list(keys)), kind, int(attempt), state, now, now),
         )
+
+    def add_batch_intent(
+        self, display: str, *, backend: str, model: str, keys: Iterable[str], kind: str, attempt: int
+    ) -> None:
+        """Remember a job about to be created under the display name `display` (before the call)."""
+        self._connection().execute(
+            "INSERT OR REPLACE INTO batch_intents (display, backend, model, keys, kind, attempt, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (display, backend, model, json.dumps(list(keys)), kind, int(attempt), time.time()),
+        )
+
+    def batch_intents(self, backend: str, model: str) -> list[BatchIntent]:
+        """Jobs of this backend and model whose create call was made but whose job was never stored."""
+        rows = self._connection().execute(
+            "SELECT display, keys, kind, attempt FROM batch_intents WHERE backend = ? AND model = ?"
+            " ORDER BY created_at, display",
+            (backend, model),
+        )
+        return [BatchIntent(row[0], tuple(json.loads(row[1])), row[2], int(row[3])) for row in rows.fetchall()]
+
+    def drop_batch_intent(self, display: str) -> None:
+        self._connection().execute("DELETE FROM batch_intents WHERE display = ?", (display,))
+
+    def has_batch_job(self, name: str) -> bool:
+        """Whether a job of this name is stored (open or closed)."""
+        return self._connection().execute("SELECT 1 FROM batch_jobs WHERE name = ?", (name,)).fetchone() is not None
 
     def update_batch_job(self, name: str, *, state: str, closed: bool = False) -> None:
         self._connection().execute(

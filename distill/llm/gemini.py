@@ -65,10 +65,20 @@ _GRPC_TO_HTTP = {3: 400, 4: 504, 5: 404, 7: 403, 8: 429, 9: 400, 13: 500, 14: 50
 """A per-request error in a Gemini batch is a google.rpc.Status (gRPC code): read as its HTTP twin."""
 
 
+GEMINI_LIST_PAGE_SIZE = 100
+GEMINI_LIST_MAX_PAGES = 100
+"""The batch list is searched for a lost job up to this many pages (newest first)."""
+
+
 def _job_state(value: Any) -> str:
-    """BATCH_STATE_RUNNING / JOB_STATE_RUNNING -> RUNNING (distill.llm.batch's names)."""
+    """BATCH_STATE_RUNNING / JOB_STATE_RUNNING -> RUNNING (distill.llm.batch's names). google-genai's
+    JobState also has CANCELLING and UPDATING (both go on, or end, by themselves: RUNNING) and
+    PARTIALLY_SUCCEEDED (ended, some results missing: kept, an ended state); PAUSED and any
+    state added later are passed on as they are (not ended: batch.py polls and logs them once)."""
     state = str(value or "PENDING").rsplit("_STATE_", 1)[-1]
-    return {"UNSPECIFIED": "PENDING", "QUEUED": "PENDING"}.get(state, state)
+    return {"UNSPECIFIED": "PENDING", "QUEUED": "PENDING", "CANCELLING": "RUNNING", "UPDATING": "RUNNING"}.get(
+        state, state
+    )
 
 
 class _GeminiBatch:
@@ -104,6 +114,24 @@ class _GeminiBatch:
         if not job.get("name"):
             raise TransientError("batch job created without a name", kind="malformed body")
         return job["name"], _job_state((job.get("metadata") or {}).get("state"))
+
+    async def _batch_list(self, display_name: str) -> list[tuple[str, str]]:
+        """(name, state) of the jobs named `display_name` in `GET batches` (the Developer API's
+        ListBatches: `operations` and `nextPageToken`, as google-genai's `batches.list` reads it)."""
+        from urllib.parse import urlencode
+
+        found, token = [], None
+        for _ in range(GEMINI_LIST_MAX_PAGES):
+            query = {"pageSize": GEMINI_LIST_PAGE_SIZE, **({"pageToken": token} if token else {})}
+            page = await self._batch_call("get", f"batches?{urlencode(query)}", {})
+            for job in page.get("operations") or []:
+                meta = job.get("metadata") or {}
+                if meta.get("displayName") == display_name and job.get("name"):
+                    found.append((job["name"], _job_state(meta.get("state"))))
+            token = page.get("nextPageToken")
+            if not token:
+                break
+        return found
 
     async def _batch_status(self, name: str):
         from distill.llm.batch import JobStatus

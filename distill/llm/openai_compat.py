@@ -42,6 +42,33 @@ _BATCH_STATES = {
 }
 
 
+OPENAI_LIST_PAGE_SIZE = 100
+OPENAI_LIST_MAX_PAGES = 100
+"""The batch list is searched for a lost job up to this many pages (newest first)."""
+
+
+def _state(job: dict[str, Any]) -> str:
+    """A batch's status in distill.llm.batch's names; one this table lacks is passed on in capitals
+    (not ended: polled and logged once), an absent one is PENDING."""
+    status = str(job.get("status") or "")
+    return _BATCH_STATES.get(status, status.upper() or "PENDING")
+
+
+def _reply_id(reply: Any, path: str) -> str:
+    """The `id` of a reply to POST /v1/<path>; a reply without one is a server that does not speak
+    the batch API as expected (retrying the same call cannot help): a PermanentError."""
+    from distill.llm.errors import PermanentError
+
+    value = reply.get("id") if isinstance(reply, dict) else None
+    if not isinstance(value, str) or not value:
+        raise PermanentError(
+            f"POST /v1/{path} answered without an id ({json.dumps(reply, ensure_ascii=False)[:200]}): this server "
+            "does not speak the OpenAI batch API",
+            kind="malformed batch reply",
+        )
+    return value
+
+
 class _OpenAIBatch:
     """Batch mode (distill/llm/batch.py) over `/v1/files` + `/v1/batches`: the input is the
     OpenAI batch JSONL (`custom_id` = the request key, `body` = the online payload), which is
@@ -74,6 +101,22 @@ class _OpenAIBatch:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise TransientError(f"malformed JSON body ({exc})", kind="malformed body") from None
 
+    async def _batch_list(self, display_name: str) -> list[tuple[str, str]]:
+        """(id, state) of the batches whose `metadata.display_name` is `display_name`, from
+        `GET /v1/batches` (newest first; pages by `limit` and `after`, while `has_more`)."""
+        found, after = [], None
+        for _ in range(OPENAI_LIST_MAX_PAGES):
+            params = {"limit": OPENAI_LIST_PAGE_SIZE, **({"after": after} if after else {})}
+            page = await self._batch_json("GET", "batches", params=params)
+            data = page.get("data") or []
+            for job in data:
+                if (job.get("metadata") or {}).get("display_name") == display_name and job.get("id"):
+                    found.append((job["id"], _state(job)))
+            after = page.get("last_id") or (data[-1].get("id") if data else None)
+            if not page.get("has_more") or not after:
+                break
+        return found
+
     async def _batch_create(self, lines, display_name: str) -> tuple[str, str]:
         data = "".join(json.dumps(line, ensure_ascii=False) + "\n" for _, line in lines).encode("utf-8")
         uploaded = await self._batch_json(
@@ -86,13 +129,13 @@ class _OpenAIBatch:
             "POST",
             "batches",
             json={
-                "input_file_id": uploaded["id"],
+                "input_file_id": _reply_id(uploaded, "files"),
                 "endpoint": "/v1/chat/completions",
                 "completion_window": "24h",
                 "metadata": {"display_name": display_name},
             },
         )
-        return job["id"], _BATCH_STATES.get(str(job.get("status")), "PENDING")
+        return _reply_id(job, "batches"), _state(job)
 
     async def _batch_status(self, name: str):
         from distill.llm.batch import JobStatus
@@ -101,7 +144,7 @@ class _OpenAIBatch:
         counts = job.get("request_counts") or {}
         errors = [e.get("message", "") for e in ((job.get("errors") or {}).get("data") or [])]
         return JobStatus(
-            _BATCH_STATES.get(str(job.get("status")), "PENDING"),
+            _state(job),
             int(counts.get("completed") or 0) + int(counts.get("failed") or 0),
             int(counts.get("total") or 0),
             "; ".join(errors),

@@ -102,7 +102,9 @@ class AugmentConfig:
         },
     )
     verifier_mode: str | None = unset_field(
-        "teacher", "Verifier requests: online, batch or export, as teacher_mode. Unset: the teacher's mode."
+        "teacher",
+        "Verifier requests: online, batch or export, as teacher_mode. Unset: the teacher's mode when "
+        "verifier_backend equals teacher_backend, else online.",
     )
     batch_timeout_s: float = field(
         default=86400.0,

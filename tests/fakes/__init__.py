@@ -22,8 +22,12 @@ Batch jobs (both fakes; `FakeBatchJob`): a job is PENDING for `batch_pending_s`,
 requests are answered once, when it ends, each recorded as a Call (path `batch:<job id>`) and
 decided by the same FaultPlan (a fault is a per-request error inside the finished job). A job
 whose ordinal (0-based, creation order) is in `expire_jobs` ends EXPIRED with only its first
-`expire_fraction` of requests answered; in `fail_jobs`, FAILED with none. `submissions` counts,
-per request key, how many jobs carried it (a request sent twice shows 2).
+`expire_fraction` of requests answered; in `fail_jobs`, FAILED with none (an ended job that is
+not SUCCEEDED carries `job_error_message` as its error). `submissions` counts, per request key,
+how many jobs carried it (a request sent twice shows 2). `lose_create_replies = N`: the next N
+create calls make the job but their reply is lost (`lost_create_mode`: "disconnect" closes the
+connection, "slow" answers after `slow_s`, past the client's timeout). Both fakes list their jobs
+(newest first, at most `list_page_max` a page), as the providers' list endpoints do.
 
 A call's key is the `x-distill-request-key` header the distill backends send (the cache key),
 or a hash of the body. A success is recorded only after the whole body was written to an
@@ -153,6 +157,11 @@ class FakeLLMServer:
         self.expire_jobs: set[int] = set()
         self.fail_jobs: set[int] = set()
         self.expire_fraction = 0.5
+        self.job_error_message = ""
+        self.lose_create_replies = 0
+        self.lost_create_mode = "disconnect"
+        self.list_page_max = 20
+        self.list_calls = 0
         self.jobs: dict[str, FakeBatchJob] = {}
         self.submissions: dict[str, int] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -357,6 +366,33 @@ class FakeLLMServer:
                     call.finished = time.time()
                     job.results.append((key, call.fault, answer))
         return job.state, len(job.results)
+
+    def take_lost_create(self) -> bool:
+        """Whether this create's reply is to be lost (counts down `lose_create_replies`)."""
+        with self._lock:
+            if self.lose_create_replies > 0:
+                self.lose_create_replies -= 1
+                return True
+            return False
+
+    async def lost_reply(self, request, reply):
+        """A create reply that never arrives: the job exists on the server all the same."""
+        from aiohttp import web
+
+        if self.lost_create_mode == "slow":
+            await asyncio.sleep(self.slow_s)
+            return reply
+        request.transport.close()
+        return web.Response(status=200)
+
+    def listed_jobs(self, start: int, size: int) -> tuple[list[FakeBatchJob], int | None]:
+        """A page of jobs, newest first, from position `start`, and where the next page starts."""
+        with self._lock:
+            self.list_calls += 1
+            jobs = sorted(self.jobs.values(), key=lambda job: job.ordinal, reverse=True)
+        size = max(1, min(size or self.list_page_max, self.list_page_max))
+        end = start + size
+        return jobs[start:end], (end if end < len(jobs) else None)
 
     def submitted_twice(self) -> list[str]:
         """Request keys that more than one batch job carried."""

@@ -54,6 +54,10 @@ class FakeGeminiServer(FakeLLMServer):
     def add_routes(self, app) -> None:
         app.router.add_post("/{version}/models/{model_action}", self._generate)
         app.router.add_get("/{version}/batches/{job_id}", self._get_batch)
+        app.router.add_get("/{version}/batches", self._list_batches)
+        self.report_state: dict[str, str] = {}
+        """Override the state a job reports, e.g. {"RUNNING": "JOB_STATE_PAUSED"} or
+        {"EXPIRED": "JOB_STATE_PARTIALLY_SUCCEEDED"} (google-genai's JobState names)."""
 
     async def _generate(self, request):
         from aiohttp import web
@@ -78,7 +82,23 @@ class FakeGeminiServer(FakeLLMServer):
         job = self.create_job(
             model, batch.get("displayName", ""), [(line["metadata"]["key"], line["request"]) for line in lines]
         )
-        return web.json_response(self._job_json(job, "PENDING", 0))
+        reply = web.json_response(self._job_json(job, "PENDING", 0))
+        if self.take_lost_create():
+            return await self.lost_reply(request, reply)
+        return reply
+
+    async def _list_batches(self, request):
+        """ListBatches: `{"operations": [...], "nextPageToken": ...}`, as google-genai's batches.list reads it."""
+        from aiohttp import web
+
+        if not request.headers.get("x-goog-api-key"):
+            return web.json_response(_error(401, "API key not valid."), status=401)
+        start = int(request.query.get("pageToken") or 0)
+        jobs, next_start = self.listed_jobs(start, int(request.query.get("pageSize") or 0))
+        page: dict[str, Any] = {"operations": [self._job_json(job, *self.advance(job, self._body)) for job in jobs]}
+        if next_start is not None:
+            page["nextPageToken"] = str(next_start)
+        return web.json_response(page)
 
     async def _get_batch(self, request):
         from aiohttp import web
@@ -99,7 +119,7 @@ class FakeGeminiServer(FakeLLMServer):
             "name": f"batches/{job.id}",
             "model": f"models/{job.model}",
             "displayName": job.display_name,
-            "state": f"BATCH_STATE_{state}",
+            "state": self.report_state.get(state, f"BATCH_STATE_{state}"),
             "batchStats": {
                 "requestCount": str(total),
                 "successfulRequestCount": str(done - failed),
@@ -113,7 +133,10 @@ class FakeGeminiServer(FakeLLMServer):
                     "inlinedResponses": [_inline_result(key, fault, answer) for key, fault, answer in job.results]
                 }
             }
-        return {"name": f"batches/{job.id}", "metadata": meta, "done": job.results is not None}
+        out = {"name": f"batches/{job.id}", "metadata": meta, "done": job.results is not None}
+        if job.results is not None and state != "SUCCEEDED" and self.job_error_message:
+            out["error"] = {"code": 13, "message": self.job_error_message, "status": "INTERNAL"}
+        return out
 
     def _body(self, body: dict[str, Any], path: str) -> dict[str, Any]:
         config = body.get("generationConfig") or {}

@@ -33,6 +33,8 @@ class FakeOpenAIServer(FakeLLMServer):
     def __init__(self, *, require_key: str | None = None, **kwargs):
         super().__init__(**kwargs)
         self.require_key = require_key
+        self.reply_without_id = ""
+        """"files" or "batches": that POST answers without its `id` (a server that speaks the API badly)."""
 
     def add_routes(self, app) -> None:
         app.router.add_post("/v1/chat/completions", self._chat)
@@ -40,6 +42,7 @@ class FakeOpenAIServer(FakeLLMServer):
         app.router.add_get("/v1/files/{file_id}/content", self._file_content)
         app.router.add_post("/v1/batches", self._create_batch)
         app.router.add_get("/v1/batches/{batch_id}", self._get_batch)
+        app.router.add_get("/v1/batches", self._list_batches)
         self.files: dict[str, bytes] = {}
 
     def _authorised(self, request) -> bool:
@@ -56,9 +59,10 @@ class FakeOpenAIServer(FakeLLMServer):
             return web.json_response(_error(400, "need purpose=batch and a file"), status=400)
         file_id = f"file-{len(self.files):06d}"
         self.files[file_id] = upload.file.read()
-        return web.json_response(
-            {"id": file_id, "object": "file", "purpose": "batch", "bytes": len(self.files[file_id])}
-        )
+        reply = {"id": file_id, "object": "file", "purpose": "batch", "bytes": len(self.files[file_id])}
+        if self.reply_without_id == "files":
+            reply.pop("id")
+        return web.json_response(reply)
 
     async def _file_content(self, request):
         from aiohttp import web
@@ -86,7 +90,34 @@ class FakeOpenAIServer(FakeLLMServer):
             (body.get("metadata") or {}).get("display_name", ""),
             [(line["custom_id"], line["body"]) for line in lines],
         )
-        return web.json_response(self._batch_json(job, "PENDING", 0, body.get("input_file_id", "")))
+        created = self._batch_json(job, "PENDING", 0, body.get("input_file_id", ""))
+        if self.reply_without_id == "batches":
+            created.pop("id")
+        reply = web.json_response(created)
+        if self.take_lost_create():
+            return await self.lost_reply(request, reply)
+        return reply
+
+    async def _list_batches(self, request):
+        """GET /v1/batches?limit=&after=: `{"object": "list", "data", "first_id", "last_id", "has_more"}`."""
+        from aiohttp import web
+
+        if not self._authorised(request):
+            return web.json_response(_error(401, "invalid api key"), status=401)
+        ordered = sorted(self.jobs.values(), key=lambda job: job.ordinal, reverse=True)
+        after = request.query.get("after")
+        start = next((i + 1 for i, job in enumerate(ordered) if job.id == after), 0) if after else 0
+        jobs, next_start = self.listed_jobs(start, int(request.query.get("limit") or 0))
+        data = [self._batch_json(job, *self.advance(job, self._body), "") for job in jobs]
+        return web.json_response(
+            {
+                "object": "list",
+                "data": data,
+                "first_id": data[0]["id"] if data else None,
+                "last_id": data[-1]["id"] if data else None,
+                "has_more": next_start is not None,
+            }
+        )
 
     async def _get_batch(self, request):
         from aiohttp import web
@@ -117,6 +148,8 @@ class FakeOpenAIServer(FakeLLMServer):
             "request_counts": {"total": len(job.requests), "completed": done - failed, "failed": failed},
             "metadata": {"display_name": job.display_name},
         }
+        if job.results is not None and state != "SUCCEEDED" and self.job_error_message:
+            out["errors"] = {"object": "list", "data": [{"code": "batch_failed", "message": self.job_error_message}]}
         if job.results is not None:
             ok = [output_line(key, answer) for key, fault, answer in job.results if fault is None]
             bad = [error_line(key, FAULT_STATUS.get(fault, 500)) for key, fault, _ in job.results if fault is not None]

@@ -19,7 +19,7 @@ from fakes.fake_openai import FakeOpenAIServer
 from pydantic import BaseModel
 
 from distill.llm import PriceTable, Request, make_backend
-from distill.llm.batch import BatchSettings, BatchTimeout, check_mode, split_jobs
+from distill.llm.batch import BatchSettings, BatchTimeout, check_mode, display_name, split_jobs
 from distill.llm.cache import ResponseCache
 
 SECRET = "AIzaFAKE-batch-secret-0123456789"
@@ -285,3 +285,221 @@ def test_the_fake_batch_jobs_read_as_google_genai_reads_them(tmp_path, servers):
     assert job.state == types.JobState.JOB_STATE_SUCCEEDED and job.model == "models/gemini-2.5-flash"
     assert [r.metadata["key"] for r in job.dest.inlined_responses] == keys
     assert all(r.response.text for r in job.dest.inlined_responses)
+    # the fake's job list (what a lost create reply is looked up in) reads as google-genai's batches.list
+    server.list_page_max = 1
+    listed = list(client.batches.list(config={"page_size": 1}))
+    assert [j.name for j in listed] == [name] and listed[0].display_name == display_name(teacher, keys, "first", 1)
+
+
+def test_the_timeout_holds_even_when_the_next_poll_is_later_than_it(tmp_path, servers):
+    """A poll interval longer than what is left of batch_timeout_s must not stretch the wait."""
+    import time
+
+    server = servers["gemini"]
+    server.batch_duration_s = 600.0
+    slow_polls = BatchSettings(poll_s=30.0, poll_max_s=30.0, timeout_s=0.3)
+    with backend("gemini", tmp_path / "c.sqlite", server, "batch", batch=slow_polls) as teacher:
+        started = time.monotonic()
+        with pytest.raises(BatchTimeout):
+            teacher.generate(requests(2), progress=False)
+        waited = time.monotonic() - started
+    assert waited < 15.0, f"batch_timeout_s=0.3 but the stage waited {waited:.1f}s (one poll interval is 30s)"
+
+
+def test_unreadable_results_of_an_ended_job_stop_the_backend_cleanly_and_keep_the_job(tmp_path, servers):
+    """A permanent error reading a finished job's results (here its output file is gone: 404)
+    is a BackendStopped (a StageFailed the stage reports), not a raw PermanentError, and the job
+    stays open in the cache for the rerun."""
+    from distill.llm.errors import BackendStopped
+
+    class LostOutputs(dict):
+        def get(self, key, default=None):
+            return None if str(key).endswith("-out") else super().get(key, default)
+
+    server = servers["openai"]
+    server.files = LostOutputs(server.files)
+    with backend("openai", tmp_path / "c.sqlite", server, "batch") as teacher:
+        with pytest.raises(BackendStopped, match="cannot be read") as stopped:
+            teacher.generate(requests(3), progress=False)
+    assert stopped.value.reason == "permanent_error" and "sk-fake-batch-key" not in str(stopped.value)
+    with ResponseCache(tmp_path / "c.sqlite") as cache:
+        [job] = cache.batch_jobs(open_only=True)
+        assert len(job.keys) == 3
+
+
+def test_a_rerun_after_a_kill_reattaches_to_many_held_requests_in_linear_time(tmp_path, monkeypatch):
+    """Re-attaching to an open job that holds every request must not cost requests x held: with
+    20,000 held requests a quadratic check took over a minute here; linear, a few seconds."""
+    import time
+
+    from distill.llm.batch import BatchPending
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-not-needed-offline")
+    asked = [Request.chat(f"q{i}", temperature=0.6, seed=3) for i in range(20_000)]
+    settings = BatchSettings(export_dir=str(tmp_path / "batch"), poll_s=0.01)
+    path = tmp_path / "c.sqlite"
+    with make_backend("openai", "Qwen/Qwen3-8B", cache=path, mode="export", batch=settings, prices=None) as rerun:
+        keys = [rerun.key(q) for q in asked]
+        with ResponseCache(path) as cache:
+            name = f"export:{tmp_path / 'batch' / 'killed.jsonl'}"
+            cache.add_batch_job(
+                name, backend="openai", model="Qwen/Qwen3-8B", keys=keys, kind="first", attempt=1, state="PENDING"
+            )
+        started = time.monotonic()
+        with pytest.raises(BatchPending, match="killed.jsonl"):
+            rerun.generate(asked, progress=False)
+        took = time.monotonic() - started
+    assert rerun.usage.batch_jobs == 0, "a held request was sent again"
+    assert took < 20.0, f"re-attaching to 20,000 held requests took {took:.0f}s"
+
+
+def test_a_backend_stopped_inside_a_job_pays_for_no_retry_job(tmp_path, servers):
+    """The circuit breaker trips on a finished job's first answers (two permanent errors): as
+    online, the stopped backend sends nothing more, so the transient failure of that job gets no
+    retry job (it fails, not sent) and the stage's BackendStopped follows."""
+    from distill.llm.errors import BackendStopped
+
+    server = servers["gemini"]
+    asked = requests(4)
+    with backend("gemini", tmp_path / "keys.sqlite", server, "online") as probe:
+        keys = [probe.key(q) for q in asked]
+    server.reset()
+    server.faults = FaultPlan(per_key_attempt={(keys[0], 1): "400", (keys[1], 1): "400", (keys[2], 1): "503"})
+    with backend("gemini", tmp_path / "c.sqlite", server, "batch", circuit_breaker=2) as teacher:
+        with pytest.raises(BackendStopped) as stopped:
+            teacher.generate(asked, progress=False)
+    assert stopped.value.reason == "circuit_breaker"
+    assert len(server.jobs) == 1 == teacher.usage.batch_jobs and server.submissions[keys[2]] == 1
+    assert teacher.usage.failures == 3 and teacher.usage.fetched == 1
+
+
+# -- never paid twice: deterministic display names, intents, and the provider's list of jobs ---
+
+
+@pytest.mark.parametrize(("kind", "lost"), [("gemini", "slow"), ("openai", "disconnect"), ("gemini", "disconnect")])
+def test_a_lost_create_reply_adopts_the_job_the_provider_made(tmp_path, servers, kind, lost):
+    """The create call made the job but its reply was lost (a timeout, a dropped connection): the
+    retry finds the job by its display name in the provider's list instead of paying for another."""
+    server = servers[kind]
+    server.lose_create_replies, server.lost_create_mode, server.slow_s = 1, lost, 2.0
+    asked = requests(4)
+    with backend(kind, tmp_path / "c.sqlite", server, "batch", timeout_s=1.0) as teacher:
+        responses = teacher.generate(asked, progress=False)
+        keys = [teacher.key(q) for q in asked]
+    assert all(r.usable for r in responses)
+    assert len(server.jobs) == 1 == teacher.usage.batch_jobs and server.list_calls >= 1
+    assert server.submitted_twice() == [] and server.submissions == {key: 1 for key in keys}
+    with ResponseCache(tmp_path / "c.sqlite") as cache:
+        [job] = cache.batch_jobs()
+        assert job.name.removeprefix("batches/") in server.jobs and job.closed
+        assert cache.batch_intents(teacher.name, teacher.model) == []
+
+
+class Killed(RuntimeError):
+    """Stands in for a SIGKILL between the provider's create and the cache's add_batch_job."""
+
+
+@pytest.mark.parametrize("kind", ["gemini", "openai"])
+def test_a_kill_between_create_and_store_is_adopted_on_rerun(tmp_path, servers, kind):
+    server = servers[kind]
+    asked = requests(4)
+    path = tmp_path / "c.sqlite"
+    first = backend(kind, path, server, "batch")
+    create = first._batch_create
+
+    async def created_then_killed(lines, display):
+        await create(lines, display)
+        raise Killed("killed before the job was stored")
+
+    first._batch_create = created_then_killed
+    with pytest.raises(Killed):
+        first.generate(asked, progress=False)
+    first.close()
+    assert len(server.jobs) == 1
+    with ResponseCache(path) as cache:
+        assert cache.batch_jobs() == []
+        [intent] = cache.batch_intents(first.name, first.model)
+        assert len(intent.keys) == len(asked)
+    # someone else's newer job, and one job per list page: the look-up must page past it
+    with backend(kind, tmp_path / "other.sqlite", server, "batch") as other:
+        other.generate([Request.chat("another question", temperature=0.2)], progress=False)
+    server.list_page_max = 1
+
+    with backend(kind, path, server, "batch") as rerun:
+        responses = rerun.generate(asked, progress=False)
+    assert all(r.usable for r in responses)
+    assert len(server.jobs) == 2 and server.submitted_twice() == [] and rerun.usage.batch_jobs == 0
+    assert rerun.usage.fetched == len(asked) and server.duplicate_successes() == []
+    with ResponseCache(path) as cache:
+        assert cache.batch_intents(rerun.name, rerun.model) == [] and all(j.closed for j in cache.batch_jobs())
+
+
+def test_an_intent_whose_job_was_never_made_is_forgotten_and_sent_once(tmp_path, servers):
+    """A kill before the create call reached the provider: the list has no such job, the intent
+    is dropped and its requests go out in one new job."""
+    server = servers["gemini"]
+    asked = requests(3)
+    path = tmp_path / "c.sqlite"
+    with backend("gemini", path, server, "batch") as teacher:
+        keys = [teacher.key(q) for q in asked]
+        with ResponseCache(path) as cache:
+            cache.add_batch_intent(
+                "distill-teacher-never-made", backend="gemini", model=teacher.model, keys=keys, kind="first", attempt=1
+            )
+        responses = teacher.generate(asked, progress=False)
+    assert all(r.usable for r in responses) and server.list_calls >= 1
+    assert len(server.jobs) == 1 and server.submitted_twice() == []
+    with ResponseCache(path) as cache:
+        assert cache.batch_intents("gemini", teacher.model) == []
+
+
+@pytest.mark.parametrize("kind", ["gemini", "openai"])
+def test_a_failed_jobs_error_text_is_redacted_in_the_log(tmp_path, servers, kind, caplog):
+    server = servers[kind]
+    secret = SECRET if kind == "gemini" else "sk-fake-batch-key"
+    server.fail_jobs = {0}
+    server.job_error_message = f"quota exceeded for key {secret}"
+    with caplog.at_level("WARNING", logger="distill"):
+        with backend(kind, tmp_path / "c.sqlite", server, "batch") as teacher:
+            responses = teacher.generate(requests(2), progress=False)
+    assert all(r.usable for r in responses) and teacher.usage.batch_resubmitted == 2
+    assert "quota exceeded for key <redacted>" in caplog.text and secret not in caplog.text
+
+
+def test_a_partially_succeeded_job_ends_and_its_missing_requests_are_resubmitted(tmp_path, servers):
+    """google-genai's JOB_STATE_PARTIALLY_SUCCEEDED is an ended state: collected, not polled
+    until batch_timeout_s."""
+    server = servers["gemini"]
+    server.expire_jobs = {0}
+    server.report_state = {"EXPIRED": "JOB_STATE_PARTIALLY_SUCCEEDED"}
+    asked = requests(6)
+    settings = BatchSettings(poll_s=0.05, poll_max_s=0.2, timeout_s=5)
+    with backend("gemini", tmp_path / "c.sqlite", server, "batch", batch=settings) as teacher:
+        responses = teacher.generate(asked, progress=False)
+    assert all(r.usable for r in responses) and teacher.usage.batch_resubmitted == 3
+    assert len(server.jobs) == 2 and server.duplicate_successes() == []
+    with ResponseCache(tmp_path / "c.sqlite") as cache:
+        assert [job.state for job in cache.batch_jobs()] == ["PARTIALLY_SUCCEEDED", "SUCCEEDED"]
+
+
+def test_an_unknown_job_state_is_polled_as_running_and_logged_once(tmp_path, servers, caplog):
+    server = servers["gemini"]
+    server.batch_duration_s = 0.8
+    server.report_state = {"RUNNING": "JOB_STATE_PAUSED"}
+    with caplog.at_level("WARNING", logger="distill"):
+        with backend("gemini", tmp_path / "c.sqlite", server, "batch") as teacher:
+            responses = teacher.generate(requests(2), progress=False)
+    assert all(r.usable for r in responses)
+    assert caplog.text.count("reports state PAUSED, which distill does not know") == 1
+
+
+@pytest.mark.parametrize("path", ["files", "batches"])
+def test_an_openai_batch_reply_without_an_id_stops_the_backend_cleanly(tmp_path, servers, path):
+    from distill.llm.errors import BackendStopped
+
+    server = servers["openai"]
+    server.reply_without_id = path
+    with backend("openai", tmp_path / "c.sqlite", server, "batch") as teacher:
+        with pytest.raises(BackendStopped, match=f"POST /v1/{path} answered without an id") as stopped:
+            teacher.generate(requests(2), progress=False)
+    assert stopped.value.reason == "permanent_error"

@@ -143,3 +143,36 @@ def test_a_bad_output_line_is_one_error_and_nothing_is_imported(tmp_path, monkey
     assert str(output) in message and "row 3" in message and "custom_id" in message
     with ResponseCache(tmp_path / "cache.sqlite") as cache:
         assert cache.batch_results(json.loads(line)["custom_id"] for line in lines[:2]) == {}
+
+
+def test_importing_the_same_partial_output_twice_keeps_the_rest_pending(tmp_path, monkeypatch):
+    """Lines imported again for answers already cached (the same growing output file imported
+    twice, or a kill between storing the answers and dropping their lines) must count once:
+    the export stays pending for the rest, with no resubmission and no second file."""
+    from distill.llm.batch import import_batch
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-not-needed-offline")
+    requests = asked(4)
+    backend = exporter(tmp_path, "http://127.0.0.1:9/v1")
+    with pytest.raises(BatchPending):
+        backend.generate(requests, progress=False)
+    backend.close()
+    [exported] = sorted((tmp_path / "batch").glob("*.jsonl"))
+    output = tmp_path / "results.jsonl"
+    run_batch_offline(exported, output, keep=lambda index: index < 2)
+    with ResponseCache(tmp_path / "cache.sqlite") as cache:
+        assert import_batch(cache, output) == (2, 2)
+    backend = exporter(tmp_path, "http://127.0.0.1:9/v1")
+    with pytest.raises(BatchPending):
+        backend.generate(requests, progress=False)
+    backend.close()
+    assert backend.usage.fetched == 2
+    with ResponseCache(tmp_path / "cache.sqlite") as cache:
+        assert import_batch(cache, output) == (2, 2)  # the same two lines again
+
+    backend = exporter(tmp_path, "http://127.0.0.1:9/v1")
+    with pytest.raises(BatchPending, match=exported.name):
+        backend.generate(requests, progress=False)
+    backend.close()
+    assert backend.usage.batch_resubmitted == 0 and backend.usage.batch_jobs == 0
+    assert sorted((tmp_path / "batch").glob("*.jsonl")) == [exported]
