@@ -221,6 +221,57 @@ def compare_predictions(base_df, new_df, *, n_boot: int = 2000, seed: int = 0) -
 # Side effects: MLflow and files
 
 
+@dataclass(frozen=True)
+class NamedSet:
+    """One evaluation set of a list (`parse_sets`): a name for its metrics, a file, a format."""
+
+    name: str
+    path: str
+    format: str
+
+
+def parse_sets(
+    text: str, *, default_format: str = "auto", field: str = "datasets", reserved: Sequence[str] = ()
+) -> list[NamedSet]:
+    """`path[@format],path[@format],...` as every list of evaluation sets is written: evaluate's
+    `datasets`, register's and pipeline's `guard_sets`, eda's `eval_sets`.
+
+    Each entry is a file (or `bundled`, the bundled eval sample) and, after `@`, its format
+    (one of `distill.data.loaders.FORMATS` or auto; `default_format` without one). A set's name
+    is its file's stem (letters, digits, `_`, `-` and `.`; others become `_`), with `-2`, `-3`
+    ... appended when two files share a stem (or a stem is in `reserved`, names the caller uses
+    for other sets), so every metric name says which set it is from.
+    """
+    import re
+
+    from distill.data.loaders import FORMATS, is_known_format
+    from distill.resources import resource_path
+
+    entries = [entry.strip() for entry in str(text).split(",")]
+    if not any(entries) or not all(entries):
+        raise ConfigError(f"{field}: expected path[@format],path[@format],... got {text!r}")
+    sets: list[NamedSet] = []
+    for entry in entries:
+        path, _, fmt = entry.rpartition("@") if "@" in entry else (entry, "", default_format)
+        fmt = fmt.strip() or default_format
+        fmt = fmt if fmt.lower().endswith((".yaml", ".yml")) else fmt.lower()
+        if not is_known_format(fmt):
+            raise ConfigError(
+                f"{field}: format {fmt!r} of {entry!r} is not one of auto, {', '.join(FORMATS)}, "
+                "another shipped format or a format spec file (.yaml)"
+            )
+        path = path.strip()
+        if path.lower() == "bundled":
+            path = str(resource_path("eval_sample.jsonl"))
+        stem = re.sub(r"[^\w.-]", "_", Path(path).stem) or "set"
+        name, n = stem, 1
+        while name in reserved or any(s.name == name for s in sets):
+            n += 1
+            name = f"{stem}-{n}"
+        sets.append(NamedSet(name=name, path=path, format=fmt))
+    return sets
+
+
 def dataset_digest(items: Sequence[MCQItem]) -> str:
     """The items' dataset digest: `tracking.rows_digest` of `MCQItem.to_dict()` rows, the same
     in every run that logs these items (train, evaluate, register, and mine for its seeds)."""

@@ -18,14 +18,19 @@ tokenise `prompt + label` as ONE string and compare it with the tokens of `promp
   then includes the few prompt characters that merged with the label (the same characters for
   every choice), which is what the tokenizer would actually produce there.
 
-Speed: when every label of an item is one token after a shared context (the usual case), all K
-scores come from ONE forward pass of the context, reading K entries of the last position's
-next-token distribution. Otherwise each (item, choice) becomes a row `context + label tokens`
-and the log-probs of the label tokens are summed. Items are sorted by length and batched with
-left padding, explicit position ids (so every real token sees the same positions as unpadded)
-and only the last few positions' logits are computed (`logits_to_keep`), which keeps memory
-small for large vocabularies. `score_choices_reference` is the slow oracle: one item and one
-choice per forward pass, no padding.
+Speed. A 수능 passage is shared by 3 to 6 questions and is most of each prompt's tokens, and every
+prompt starts with the same chat header and system prompt; the prompt puts them first on purpose.
+So items are grouped by the token prefix they share (`prefix_groups`): the prefix common to all
+prompts runs once, each passage's prefix runs once after it, and their key/value caches
+(transformers' DynamicCache, expanded over a batch without copying) serve every question of the
+group. When every label of an item is one token (the usual case), one row per item (the rest of
+its context) gives all K scores from the last position's next-token distribution; otherwise each
+(item, choice) is a row `context rest + label tokens` and the label tokens' log-probs are summed.
+Rows are right-padded (every real token keeps its unpadded position and never sees a pad),
+sorted by length within a group, and only the positions that are read get logits and a
+log-softmax (`logits_to_keep` with their indices), which keeps memory small for large
+vocabularies. `score_choices_reference` is the slow oracle: one item and one choice per forward
+pass, no padding, no cache.
 """
 
 from __future__ import annotations
@@ -102,34 +107,6 @@ def _pad_id(tokenizer: Any) -> int:
     return 0
 
 
-def _last_logprobs(model: Any, sequences: list[Sequence[int]], n_keep: int, pad_id: int):
-    """Log-softmax (float32) of the last `n_keep` positions of each left-padded sequence."""
-    import torch
-
-    device = _model_device(model)
-    width = max(len(s) for s in sequences)
-    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        input_ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
-        attention_mask[row, width - len(seq) :] = 1
-    # Positions count real tokens only, so a left-padded row sees exactly the positions it
-    # would see alone (0, 1, 2, ...).
-    position_ids = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)
-    inputs = {
-        "input_ids": input_ids.to(device),
-        "attention_mask": attention_mask.to(device),
-        "position_ids": position_ids.to(device),
-        "use_cache": False,
-    }
-    try:
-        logits = model(**inputs, logits_to_keep=n_keep).logits
-    except TypeError:  # an architecture without logits_to_keep: compute all, keep the tail
-        logits = model(**inputs).logits
-    logits = logits[:, -n_keep:, :]
-    return torch.log_softmax(logits.float(), dim=-1)
-
-
 class _EvalMode:
     """Run a block in eval mode and inference mode, restoring training mode afterwards."""
 
@@ -152,6 +129,113 @@ class _EvalMode:
         return False
 
 
+@dataclass(frozen=True)
+class _Row:
+    """One forward row after a cached prefix: the suffix tokens and what to read from them."""
+
+    tokens: tuple[int, ...]
+    targets: tuple[tuple[int, int, int, int], ...]
+    """(position in `tokens` whose next-token distribution is read, token id, item index, choice index)."""
+
+
+def prefix_groups(
+    contexts: Sequence[Sequence[int]], *, min_shared: int = 16
+) -> tuple[int, list[tuple[int, list[int]]]]:
+    """Partition items into groups that share a cached token prefix.
+
+    Returns `(root, [(prefix_length, item indices), ...])`. `root` is the length of the prefix
+    ALL contexts share (the chat header and the system prompt). Items that share at least
+    `min_shared` tokens beyond it (a passage and the text before it) form a group with their own
+    longer prefix; sorting the contexts makes such items neighbours, and the prefix a sorted run
+    shares is the one its first and last member share. Every other item joins the root group
+    (prefix length `root`). A prefix always stops at least one token short of each member's
+    context, so every item keeps a last position to score.
+    """
+    if not contexts:
+        return 0, []
+    root = min(min(len(c) for c in contexts) - 1, min(_common_prefix_length(contexts[0], c) for c in contexts))
+    order = sorted(range(len(contexts)), key=lambda i: tuple(contexts[i]))
+    runs: list[list[int]] = []
+    for prev, cur in zip([None, *order], order):
+        if prev is not None and _common_prefix_length(contexts[prev], contexts[cur]) >= root + min_shared:
+            runs[-1].append(cur)
+        else:
+            runs.append([cur])
+    loose = sorted(i for run in runs if len(run) == 1 for i in run)
+    groups = [(root, loose)] if loose else []
+    for run in (r for r in runs if len(r) > 1):
+        shared = _common_prefix_length(contexts[run[0]], contexts[run[-1]])
+        groups.append((min([shared] + [len(contexts[i]) - 1 for i in run]), sorted(run)))
+    return root, groups
+
+
+def _prefix_cache(model: Any, tokens: Sequence[int], past: list | None, device) -> list:
+    """Run `tokens` after the cached `past` (a list of per-layer (keys, values)); return the grown cache."""
+    import torch
+    from transformers import DynamicCache
+
+    ids = torch.tensor([list(tokens)], dtype=torch.long, device=device)
+    start = 0 if past is None else past[0][0].shape[-2]
+    cache = DynamicCache(past) if past is not None else DynamicCache()
+    attention_mask = torch.ones((1, start + len(tokens)), dtype=torch.long, device=device)
+    position_ids = torch.arange(start, start + len(tokens), device=device)[None]
+    # Only the cache is wanted: keep one position's logits so a large vocabulary costs nothing.
+    model(
+        input_ids=ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    return [(keys, values) for keys, values, *_ in cache]
+
+
+def _score_rows(model: Any, rows: Sequence[_Row], past: list | None, pad_id: int, scores: list[list[float]]):
+    """One forward pass of right-padded suffix rows after the shared cached prefix `past`."""
+    import torch
+    from transformers import DynamicCache
+
+    device = _model_device(model)
+    batch = len(rows)
+    width = max(len(r.tokens) for r in rows)
+    start = 0 if past is None else past[0][0].shape[-2]
+    input_ids = torch.full((batch, width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((batch, start + width), dtype=torch.long)
+    attention_mask[:, :start] = 1
+    for row, r in enumerate(rows):
+        input_ids[row, : len(r.tokens)] = torch.tensor(r.tokens, dtype=torch.long)
+        attention_mask[row, start : start + len(r.tokens)] = 1
+    # Right padding: every real token keeps the position it has in the unpadded prompt, and the
+    # pads sit after all of them, so no real token ever attends to one.
+    position_ids = torch.arange(start, start + width)[None].expand(batch, width)
+    inputs = {
+        "input_ids": input_ids.to(device),
+        "attention_mask": attention_mask.to(device),
+        "position_ids": position_ids.to(device),
+    }
+    if past is not None:
+        # A view per row (expand copies nothing); the cache's own concatenation makes the copy.
+        inputs["past_key_values"] = DynamicCache(
+            [(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in past]
+        )
+        inputs["use_cache"] = True
+    else:
+        inputs["use_cache"] = False
+    # Logits only at the positions that are read, and the log-softmax only there.
+    positions = sorted({pos for r in rows for pos, *_ in r.targets})
+    keep = torch.tensor(positions, dtype=torch.long, device=device)
+    try:
+        logits = model(**inputs, logits_to_keep=keep).logits
+    except TypeError:  # an architecture without logits_to_keep: compute all, keep the read positions
+        logits = model(**inputs).logits[:, keep, :]
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    column = {pos: j for j, pos in enumerate(positions)}
+    for row, r in enumerate(rows):
+        for pos, token, item, choice in r.targets:
+            scores[item][choice] += float(logprobs[row, column[pos], token])
+
+
 def score_choices(
     model: Any,
     tokenizer: Any,
@@ -161,13 +245,17 @@ def score_choices(
     batch_size: int = 8,
     progress: bool = True,
     fast_path: bool = True,
+    shared_prefix: bool = True,
 ) -> list[list[float]]:
     """Log-likelihood of each choice label after the prompt; `result[i][k-1]` is label k of item i.
 
-    Batches of `batch_size` items, longest first. Items whose labels are single tokens after a
-    shared context take one row each (one forward pass reads all K labels); the rest take one
-    row per choice. `fast_path=False` sends every item down the one-row-per-choice path (tests
-    and benchmarks use it to check that both paths agree).
+    Items are grouped by the token prefix their prompts share (`prefix_groups`); each group's
+    prefix runs once and its key/value cache serves every row of the group. A row is the rest of
+    one item's context (all K single-token labels read at its last position) or, for
+    multi-token labels, context rest + one label. Rows are sorted by length within a group and
+    sent `batch_size` at a time. `fast_path=False` gives every choice its own row and
+    `shared_prefix=False` caches nothing (tests and benchmarks use both to check that every path
+    agrees with the reference).
     """
     from tqdm.auto import tqdm
 
@@ -176,49 +264,39 @@ def score_choices(
     tokens = [
         choice_tokens(tokenizer, scoring_prompt(tokenizer, item, thinking=thinking), item.n_choices) for item in items
     ]
-    scores: list[list[float] | None] = [None] * len(items)
+    scores = [[0.0] * len(t.continuations) for t in tokens]
+    if not items:
+        return scores
     pad_id = _pad_id(tokenizer)
+    device = _model_device(model)
+    contexts = [t.context for t in tokens]
+    root_length, groups = prefix_groups(contexts) if shared_prefix else (0, [(0, list(range(len(items))))])
 
-    fast = [i for i, t in enumerate(tokens) if fast_path and t.single_token]
-    general = [i for i, t in enumerate(tokens) if not (fast_path and t.single_token)]
-
-    def length_sorted(indices: list[int]) -> list[int]:
-        # Longest first: similar lengths share a batch (little padding), and a batch that does
-        # not fit in memory fails at once rather than at the end.
-        return sorted(
-            indices, key=lambda i: len(tokens[i].context) + max(map(len, tokens[i].continuations)), reverse=True
-        )
+    def rows_of(i: int, cut: int) -> list[_Row]:
+        spec = tokens[i]
+        rest = spec.context[cut:]
+        if fast_path and spec.single_token:
+            last = len(rest) - 1
+            return [_Row(rest, tuple((last, c[0], i, k) for k, c in enumerate(spec.continuations)))]
+        return [
+            _Row(rest + c, tuple((len(rest) + j - 1, token, i, k) for j, token in enumerate(c)))
+            for k, c in enumerate(spec.continuations)
+        ]
 
     with _EvalMode(model), tqdm(total=len(items), desc="scoring", unit="item", disable=not progress) as bar:
-        fast_sorted = length_sorted(fast)
-        for start in range(0, len(fast_sorted), batch_size):
-            batch = fast_sorted[start : start + batch_size]
-            logprobs = _last_logprobs(model, [tokens[i].context for i in batch], 1, pad_id)[:, -1, :]
-            for row, i in enumerate(batch):
-                label_ids = [c[0] for c in tokens[i].continuations]
-                scores[i] = logprobs[row, label_ids].tolist()
-            bar.update(len(batch))
-
-        general_sorted = length_sorted(general)
-        for start in range(0, len(general_sorted), batch_size):
-            batch = general_sorted[start : start + batch_size]
-            rows = [(i, k) for i in batch for k in range(len(tokens[i].continuations))]
-            sequences = [tokens[i].context + tokens[i].continuations[k] for i, k in rows]
-            n_keep = max(len(tokens[i].continuations[k]) for i, k in rows) + 1
-            logprobs = _last_logprobs(model, sequences, n_keep, pad_id)
-            for i in batch:
-                scores[i] = [0.0] * len(tokens[i].continuations)
-            for row, (i, k) in enumerate(rows):
-                continuation = tokens[i].continuations[k]
-                c = len(continuation)
-                # Sequence ends at the last kept position; token j of the continuation sits at
-                # kept index n_keep - c + j and is predicted by the position before it.
-                total = 0.0
-                for j, token in enumerate(continuation):
-                    total += float(logprobs[row, n_keep - c + j - 1, token])
-                scores[i][k] = total  # type: ignore[index]
-            bar.update(len(batch))
-    return [list(s) for s in scores]  # type: ignore[arg-type]
+        root = _prefix_cache(model, contexts[0][:root_length], None, device) if root_length else None
+        for length, members in groups:
+            if length == root_length:
+                past = root
+            else:
+                past = _prefix_cache(model, contexts[members[0]][root_length:length], root, device)
+            # Longest first: similar lengths share a batch (little padding), and a batch that
+            # does not fit in memory fails at once rather than at the end.
+            rows = sorted((r for i in members for r in rows_of(i, length)), key=lambda r: -len(r.tokens))
+            for begin in range(0, len(rows), batch_size):
+                _score_rows(model, rows[begin : begin + batch_size], past, pad_id, scores)
+            bar.update(len(members))
+    return scores
 
 
 def score_choices_reference(

@@ -13,6 +13,10 @@ Paired bootstrap of the accuracy difference: resample items with replacement and
 mean(new_correct - base_correct). That statistic depends only on how many resampled items are
 fixed, broken or unchanged, so drawing those three counts from a multinomial is exactly the same
 distribution as drawing item indices, in O(n_boot) memory instead of O(n_boot * n_items).
+
+Non-inferiority (`noninferiority`, the register gate's guard sets): "the new model is not worse
+than the base by more than a margin" holds when the lower bound of that paired CI is above
+-margin. A guard asks for evidence of no harm, not for evidence of a gain.
 """
 
 from __future__ import annotations
@@ -87,4 +91,39 @@ def paired_comparison(
         "n_fixed": float(fixed),
         "n_broken": float(broken),
         "n": float(n),
+    }
+
+
+def noninferiority(
+    base_correct: Sequence[bool],
+    new_correct: Sequence[bool],
+    *,
+    margin: float,
+    n_boot: int = 2000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> dict[str, float]:
+    """Is the new model no worse than the base by more than `margin` (accuracy, paired)?
+
+    The test of a guard set: non-inferior when the lower bound of the paired `confidence` CI of
+    accuracy(new) - accuracy(base) (`paired_bootstrap_ci`, items resampled in pairs) is above
+    `-margin`. With the same answers on every item the CI is [0, 0]: non-inferior for any margin
+    >= 0. Returns delta_accuracy, delta_ci_low, delta_ci_high, n_fixed, n_broken, n, margin and
+    non_inferior (1.0 or 0.0). An empty set is an error: no evidence is not "no worse"."""
+    n = len(base_correct)
+    if n == 0:
+        raise ValueError("no items: non-inferiority needs at least one paired result")
+    if margin < 0:
+        raise ValueError(f"margin must be >= 0, got {margin}")
+    fixed, broken = discordant_counts(base_correct, new_correct)
+    low, high = paired_bootstrap_ci(base_correct, new_correct, n_boot=n_boot, seed=seed, confidence=confidence)
+    return {
+        "delta_accuracy": (fixed - broken) / n,
+        "delta_ci_low": low,
+        "delta_ci_high": high,
+        "n_fixed": float(fixed),
+        "n_broken": float(broken),
+        "n": float(n),
+        "margin": float(margin),
+        "non_inferior": 1.0 if low > -margin else 0.0,
     }

@@ -145,13 +145,13 @@ class AugmentConfig:
     eval_sets: list[str] = field(
         default_factory=lambda: [BUNDLED],
         metadata={
-            "help": "Evaluation sets no pair may overlap, comma-separated files (format detected from the extension); 'bundled' is the bundled eval sample."
+            "help": "Evaluation sets no pair may overlap: path[@format],... as evaluate's datasets (without @format: detected); 'bundled' is the bundled eval sample."
         },
     )
     seed_sets: list[str] = field(
         default_factory=list,
         metadata={
-            "help": "Further seed item files no pair may copy (the hard negatives themselves are always checked), comma-separated."
+            "help": "Further seed item files no pair may copy (the hard negatives themselves are always checked): path[@format],..."
         },
     )
     ngram: int = field(
@@ -287,6 +287,10 @@ class AugmentConfig:
             if isinstance(value, str):
                 value = [part.strip() for part in value.split(",")]
             setattr(self, name, [str(part).strip() for part in value if str(part).strip()])
+            if getattr(self, name):
+                from distill.evaluation import parse_sets
+
+                parse_sets(",".join(getattr(self, name)), field=name)  # a malformed list fails before any request
         for name in ("pairs_per_seed", "max_seeds"):
             value = getattr(self, name)
             if isinstance(value, str):
@@ -376,14 +380,15 @@ def resolve_hard_negatives(spec: str | None) -> Path:
     return path
 
 
-def load_reference_items(specs: Sequence[str]) -> list:
-    """Items of every set named in `specs` ('bundled' = the bundled eval sample)."""
+def load_reference_items(specs: Sequence[str], field: str = "eval_sets") -> list:
+    """Items of every set named in `specs` (path[@format], as evaluate's `datasets`; 'bundled' =
+    the bundled eval sample)."""
     from distill.data.loaders import load_items
+    from distill.evaluation import parse_sets
 
     items = []
-    for spec in specs:
-        path = _bundled("eval_sample.jsonl") if spec == BUNDLED else spec
-        items += load_items(path, "auto", allow_duplicate_choices=True)
+    for named in parse_sets(",".join(specs), field=field) if specs else []:
+        items += load_items(named.path, named.format, allow_duplicate_choices=True)
     return items
 
 
@@ -426,7 +431,7 @@ def prepare(cfg: AugmentConfig) -> Prepared:
         [(n.id, n.item.subject) for n in negatives], plan, cfg.seed, pairs_per_seed=cfg.pairs_per_seed
     )
     eval_items = load_reference_items(cfg.eval_sets)
-    seed_items = [n.item for n in negatives] + load_reference_items(cfg.seed_sets)
+    seed_items = [n.item for n in negatives] + load_reference_items(cfg.seed_sets, "seed_sets")
     templates = load_templates()
     return Prepared(
         negatives_path=negatives_path,

@@ -56,7 +56,7 @@ class EdaConfig:
     )
     eval_sets: list[str] = unset_field(
         "bundled",
-        "Evaluation sets, comma-separated, each 'path' or 'path:format' (format auto, a shipped format such as competition, kice, kmmlu, jsonl, or a format spec .yaml), e.g. a.json:kice,b.csv:competition. Each set is named after its file. bundled: the bundled eval sample.",
+        "Evaluation sets, path[@format],path[@format],... as evaluate's datasets (format auto, a shipped format such as competition, kice, kmmlu, jsonl, or a format spec .yaml), e.g. a.json@kice,b.csv@competition. Each set is named after its file. bundled: the bundled eval sample.",
         default=[],
     )
     subject_map: str | None = unset_field(
@@ -113,8 +113,8 @@ class EdaConfig:
                 f"seeds_format must be one of {', '.join(SPEC_FORMATS)}, a shipped spec or a spec .yaml, "
                 f"got {self.seeds_format!r}"
             )
-        for spec in self.eval_sets:
-            parse_dataset_spec(spec)
+        if self.eval_sets:
+            eval_sets_of(self)  # a malformed list fails here, before anything runs
 
 
 @dataclass
@@ -143,29 +143,12 @@ class DataSet(PointSet):
 # Config syntax
 
 
-def parse_dataset_spec(spec: str) -> tuple[str, str]:
-    """'path' or 'path:format' → (path, format). Only a known format after the last ':' splits,
-    so URIs (runs:/...) and paths with colons stay whole."""
-    text = str(spec).strip()
-    if not text:
-        raise ConfigError("empty evaluation set in eval_sets")
-    head, sep, tail = text.rpartition(":")
-    from distill.data.loaders import is_known_format
+def eval_sets_of(cfg: EdaConfig) -> list[Any]:
+    """The evaluation sets (`distill.evaluation.NamedSet`), named after their files; "seeds" and
+    "pairs" stay the training sets' names (an evaluation file seeds.jsonl becomes seeds-2)."""
+    from distill.evaluation import parse_sets
 
-    if sep and head and is_known_format(tail):  # a spec file's path keeps its case
-        return head.strip(), tail.strip() if tail.strip().lower().endswith((".yaml", ".yml")) else tail.strip().lower()
-    return text, "auto"
-
-
-def unique_names(names: list[str]) -> list[str]:
-    """Names made unique by a numeric suffix (two eval files with one stem stay apart)."""
-    seen: dict[str, int] = {}
-    out = []
-    for name in names:
-        count = seen.get(name, 0) + 1
-        seen[name] = count
-        out.append(name if count == 1 else f"{name}_{count}")
-    return out
+    return parse_sets(",".join(cfg.eval_sets) or "bundled", field="eval_sets", reserved=("seeds", "pairs"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -194,15 +177,11 @@ def load_sets(cfg: EdaConfig) -> list[PointSet]:
         sets.append(
             DataSet("pairs", "train", pair_points(pairset), pairset.lineage_source, "training", pairset.digest)
         )
-    specs = cfg.eval_sets or [f"{resource_path('eval_sample.jsonl')}:jsonl"]
-    parsed = [parse_dataset_spec(spec) for spec in specs]
-    # "seeds" and "pairs" name the training sets; an evaluation file called seeds.jsonl becomes seeds_2.
-    names = unique_names(["seeds", "pairs", *[Path(path).stem or "eval" for path, _ in parsed]])[2:]
-    for name, (path, fmt) in zip(names, parsed):
-        items = load_items(path, fmt, cfg.subject_map, allow_duplicate_choices=True)
+    for named in eval_sets_of(cfg):
+        items = load_items(named.path, named.format, cfg.subject_map, allow_duplicate_choices=True)
         if not items:
-            raise InputError(path, "no items in this evaluation set")
-        sets.append(DataSet(name, "eval", item_points(items), path, "eval", dataset_digest(items)))
+            raise InputError(named.path, "no items in this evaluation set")
+        sets.append(DataSet(named.name, "eval", item_points(items), named.path, "eval", dataset_digest(items)))
     return sets
 
 

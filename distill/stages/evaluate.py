@@ -65,6 +65,10 @@ class EvaluateConfig:
             "help": "Dataset format: auto, a shipped format (competition, kice, kmmlu, jsonl, csat_qa, haerae) or a format spec file (.yaml)."
         },
     )
+    datasets: str | None = unset_field(
+        "none",
+        "Several sets in one run, instead of dataset: path[@format],path[@format],... (bundled: the eval sample; without @format: `format`). Each set's metrics are <name>/eval/..., its subjects table <name>/subjects.json, its files under <name>/ (name: the file's stem).",
+    )
     subject_map: str | None = unset_field("none", "Optional file mapping item ids or categories to subjects.")
     allow_duplicate_choices: bool = field(
         default=False,
@@ -123,7 +127,7 @@ class EvaluateConfig:
         from distill.cli import NONE_WORDS
         from distill.data.prompts import parse_thinking
 
-        for name in ("adapter", "dataset", "subject_map", "baseline_run", "experiment", "cache_path"):
+        for name in ("adapter", "dataset", "datasets", "subject_map", "baseline_run", "experiment", "cache_path"):
             value = getattr(self, name)
             if isinstance(value, str) and value.strip().lower() in NONE_WORDS | {"bundled", "auto"}:
                 setattr(self, name, None)
@@ -139,6 +143,19 @@ class EvaluateConfig:
             raise ConfigError(f"bootstrap_samples must be at least 1, got {self.bootstrap_samples}")
         if self.max_items is not None and self.max_items < 1:
             raise ConfigError(f"max_items must be at least 1 (or all), got {self.max_items}")
+        if self.datasets:
+            if self.dataset:
+                raise ConfigError("give dataset or datasets, not both")
+            if self.baseline_run:
+                raise ConfigError("baseline_run compares one set of items; it cannot be combined with datasets")
+            _ = self.sets  # a malformed list fails here, before anything runs
+
+    @property
+    def sets(self) -> list[Any]:
+        """The sets of `datasets` (`distill.evaluation.NamedSet`); empty with a single dataset."""
+        from distill.evaluation import parse_sets
+
+        return parse_sets(self.datasets, default_format=self.format) if self.datasets else []
 
     @property
     def dataset_source(self) -> str:
@@ -154,7 +171,8 @@ class EvaluateConfig:
         if self.adapter:
             adapter = self.adapter.rstrip("/").rsplit("/", 1)[-1]
             model += f" + {adapter}"
-        items = Path(self.dataset_source).stem + (f"[:{self.max_items}]" if self.max_items else "")
+        items = "+".join(s.name for s in self.sets) or Path(self.dataset_source).stem
+        items += f"[:{self.max_items}]" if self.max_items else ""
         return f"evaluate {model} · {items} · {self.scoring}"
 
 
@@ -165,6 +183,8 @@ class EvaluateOutputs:
     comparison: dict[str, float] | None
     output_dir: Path
     wall_s: float
+    results: dict[str, EvalResult] = field(default_factory=dict)
+    """With `datasets`: each set's result by name (`result` is the first's)."""
 
 
 @dataclass
@@ -182,6 +202,8 @@ def run(cfg: EvaluateConfig) -> EvaluateOutputs:
     """Load items and model, score, log everything to MLflow, compare with a baseline, print a summary."""
     started = time.perf_counter()
     tracking.configure(cfg.experiment, "evaluate")
+    if cfg.sets:
+        return run_sets(cfg, started)
     items = load_eval_items(cfg)
     baseline = load_baseline(cfg, items)  # fails before loading a model if it cannot be compared
     with tracking.start_run(run_name=cfg.run_name) as active, tracking.tagging_failure():
@@ -221,21 +243,90 @@ def run(cfg: EvaluateConfig) -> EvaluateOutputs:
     )
 
 
-def load_eval_items(cfg: EvaluateConfig) -> list[Any]:
-    """The items to score (the first `max_items` when set), each with a gold answer."""
+def run_sets(cfg: EvaluateConfig, started: float) -> EvaluateOutputs:
+    """`datasets`: every set read first (a bad file stops the run before a model loads), then
+    one run that loads the model once and scores and logs each set under its name."""
+    from distill.evaluation import SUBJECTS_TABLE
+    from distill.io import write_jsonl
+
+    loaded = [(named, load_eval_items(cfg, named.path, named.format)) for named in cfg.sets]
+    model: list[tuple[Any, Any]] = []  # loaded on first use, kept for the next set
+    results: dict[str, EvalResult] = {}
+    with tracking.start_run(run_name=cfg.run_name) as active, tracking.tagging_failure():
+        run_id = active.info.run_id
+        run_dir = Path(cfg.output_dir) / run_id
+        tracking.log_config_params(cfg)
+        tracking.log_config(cfg)
+        tracking.set_tags(
+            {
+                "distill.stage": "evaluate",
+                "distill.model": cfg.model,
+                "distill.adapter": cfg.adapter or "none",
+                "distill.eval.sets": ",".join(named.name for named in cfg.sets),
+            }
+        )
+        model_id = tracking.logged_model_id(cfg.adapter)
+        screens = []
+        for named, items in loaded:
+            artifact_dir = f"{named.name}/{PREDICTIONS_ARTIFACT_DIR}"
+            name = named.name + (f"[:{cfg.max_items}]" if cfg.max_items else "")
+            dataset = log_items_dataset(items, source=named.path, name=name, context="eval")
+            path = write_jsonl(run_dir / named.name / "items.jsonl", (item.to_dict() for item in items))
+            tracking.log_artifact(path, artifact_dir)
+            scoring_started = time.perf_counter()
+            result = score(cfg, items, loaded=model)
+            scoring_s = time.perf_counter() - scoring_started
+            tracking.log_metrics(
+                {
+                    f"{named.name}/eval/scoring_s": scoring_s,
+                    f"{named.name}/eval/items_per_s": len(items) / scoring_s if scoring_s > 0 else float("nan"),
+                }
+            )
+            log_eval_result(
+                result,
+                prefix=f"{named.name}/eval",
+                artifact_dir=artifact_dir,
+                local_dir=run_dir / named.name / PREDICTIONS_ARTIFACT_DIR,
+                model_id=model_id,
+                dataset=dataset,
+            )
+            log_subject_table(result, artifact_file=f"{named.name}/{SUBJECTS_TABLE}")
+            results[named.name] = result
+            title = f"{named.name}: {Path(named.path).name} ({len(items)} items, {scoring_s:.1f} s scoring)"
+            screens.append(summary_text(result, title=title))
+        wall_s = time.perf_counter() - started
+        tracking.log_metrics({"eval/wall_s": wall_s})
+        model_label = cfg.model + (f" + {cfg.adapter}" if cfg.adapter else "")
+        head = f"evaluate  {model_label}  on {len(loaded)} sets (scoring={cfg.scoring}, thinking={cfg.thinking})"
+        summary = "\n\n".join([head, *screens, f"run {run_id}  ·  files in {run_dir}  ·  {wall_s:.1f} s"])
+        tracking.describe_run(summary, description_links(cfg, None))
+    print()
+    print(summary)
+    first = next(iter(results.values()))
+    return EvaluateOutputs(
+        run_id=run_id, result=first, comparison=None, output_dir=run_dir, wall_s=wall_s, results=results
+    )
+
+
+def load_eval_items(cfg: EvaluateConfig, source: str | None = None, format: str | None = None) -> list[Any]:
+    """The items to score (the first `max_items` when set), each with a gold answer: `source` in
+    `format`, by default the configured dataset."""
     from distill.data.loaders import load_items
 
+    source = source or cfg.dataset_source
     items = load_items(
-        cfg.dataset_source,
-        cfg.format,
+        source,
+        format or cfg.format,
         cfg.subject_map,
         require_answer=True,
         allow_duplicate_choices=cfg.allow_duplicate_choices,
+        # one map for several files: each file need only match some of it
+        subject_map_must_match=not cfg.sets,
     )
     if cfg.max_items is not None:
         items = items[: cfg.max_items]
     if not items:
-        raise InputError(cfg.dataset_source, "no items to evaluate")
+        raise InputError(source, "no items to evaluate")
     return items
 
 
@@ -267,8 +358,11 @@ def log_run_inputs(cfg: EvaluateConfig, items: list[Any], run_dir: Path):
     return dataset
 
 
-def score(cfg: EvaluateConfig, items: list[Any]) -> EvalResult:
-    """Score the model (with its adapter) by choice logits, or by generating and reading answers."""
+def score(cfg: EvaluateConfig, items: list[Any], *, loaded: list | None = None) -> EvalResult:
+    """Score the model (with its adapter) by choice logits, or by generating and reading answers.
+
+    `loaded`: a list holding the (model, tokenizer) of an earlier call, or empty (the model
+    loaded here is put in it), so several sets load the model once."""
     device = None if cfg.device == "auto" else cfg.device
     if cfg.scoring == "generate":
         from distill.generation_eval import generate_predictions
@@ -292,7 +386,10 @@ def score(cfg: EvaluateConfig, items: list[Any]) -> EvalResult:
         )
     from distill.models import load_student
 
-    model, tokenizer = load_student(cfg.model, adapter=cfg.adapter, device=device, dtype=cfg.dtype)
+    if not loaded:
+        loaded = [] if loaded is None else loaded
+        loaded.append(load_student(cfg.model, adapter=cfg.adapter, device=device, dtype=cfg.dtype))
+    model, tokenizer = loaded[0]
     return evaluate_items(model, tokenizer, items, thinking=cfg.thinking, batch_size=cfg.batch_size, progress=True)
 
 

@@ -178,6 +178,8 @@ class _PipelineFields:
     )
     gate: str = stage_field("register.gate")
     alpha: float = stage_field("register.alpha")
+    guard_sets: str | None = stage_field("register.guard_sets")
+    guard_margin: float = stage_field("register.guard_margin")
     model_name: str = stage_field("register.model_name")
     alias: str = stage_field("register.alias")
     overrides: str | None = unset_field(

@@ -10,7 +10,12 @@
    adapter (`predictions_run`, what the pipeline does). Paired comparison: Δ accuracy, exact
    McNemar p, bootstrap CI.
 3. The gate (`gate=mcnemar`): accuracy gain > 0 and McNemar p < `alpha`. `gate=none` registers
-   regardless. Past the gate the adapter becomes a new version of `model_name`
+   regardless. Then the forgetting guards (`guard_sets`: items the training never targeted, such
+   as general knowledge or another subject): the candidate and its base are scored on each guard
+   set (the base through the same cache), and the candidate passes only if it is non-inferior
+   on every one: the lower bound of the paired 95% CI of Δ accuracy (candidate − base) is above
+   `-guard_margin` (`distill.stats.noninferiority`). Guards are scored and reported even when the
+   main gate refuses. Past the gate and the guards the adapter becomes a new version of `model_name`
    (default `distill-student`) and the alias (default `champion`) moves to it; older versions
    stay. The version carries tags: the test metrics and p-value, the base model, the dataset
    digests, the prompt versions found along the candidate's lineage, the source run.
@@ -46,7 +51,7 @@ from distill.cli import unset_field
 from distill.errors import ConfigError
 
 GATES = ("mcnemar", "none")
-TEST_SPLIT_PREFIXES = ("eval/", "base/", "compare/")
+TEST_SPLIT_PREFIXES = ("eval/", "base/", "compare/", "guard/")
 _RUN_URI = re.compile(r"runs:/([0-9a-f]{32})/")
 
 
@@ -90,6 +95,14 @@ class RegisterConfig:
         },
     )
     alpha: float = field(default=0.05, metadata={"help": "Significance level of the gate's McNemar test."})
+    guard_sets: str | None = unset_field(
+        "none",
+        "Forgetting guards: path[@format],... (bundled: the eval sample), items the training never targeted. Past the gate the candidate must be non-inferior to the base on each: lower bound of the paired 95-percent CI of Δ accuracy > -guard_margin.",
+    )
+    guard_margin: float = field(
+        default=0.02,
+        metadata={"help": "Non-inferiority margin of the guard sets (accuracy, 0.02 = 2 points)."},
+    )
     model_name: str = field(default="distill-student", metadata={"help": "Registered model name."})
     alias: str = field(
         default="champion", metadata={"help": "Alias the new version receives (moved from the previous one)."}
@@ -108,7 +121,15 @@ class RegisterConfig:
     def __post_init__(self) -> None:
         from distill.cli import NONE_WORDS
 
-        for name in ("run_id", "sweep_run", "source_experiment", "dataset", "predictions_run", "experiment"):
+        for name in (
+            "run_id",
+            "sweep_run",
+            "source_experiment",
+            "dataset",
+            "predictions_run",
+            "experiment",
+            "guard_sets",
+        ):
             value = getattr(self, name)
             if isinstance(value, str) and value.strip().lower() in NONE_WORDS | {"auto"}:
                 setattr(self, name, None)
@@ -131,6 +152,16 @@ class RegisterConfig:
                 raise ConfigError(f"{name} must be at least 1")
         if not self.model_name.strip() or not self.alias.strip():
             raise ConfigError("model_name and alias must not be empty")
+        if not 0.0 <= self.guard_margin < 1.0:
+            raise ConfigError(f"guard_margin must be in [0, 1), got {self.guard_margin}")
+        _ = self.guards  # a malformed list fails here, before anything runs
+
+    @property
+    def guards(self) -> list[Any]:
+        """The guard sets (`distill.evaluation.NamedSet`), none when `guard_sets` is unset."""
+        from distill.evaluation import parse_sets
+
+        return parse_sets(self.guard_sets, field="guard_sets") if self.guard_sets else []
 
 
 @dataclass(frozen=True)
@@ -151,6 +182,7 @@ class RegisterOutputs:
     report_dir: Path
     wall_s: float
     summary: str
+    guards: list[GuardResult] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------------------------
@@ -171,6 +203,46 @@ def gate_decision(comparison: Mapping[str, float], *, gate: str, alpha: float) -
     if not p < alpha:
         return GateDecision(False, f"gain not significant ({facts}); the gate needs p < {alpha:g}")
     return GateDecision(True, f"gain significant ({facts} < {alpha:g})")
+
+
+@dataclass
+class GuardResult:
+    """The candidate against its base on one guard set."""
+
+    name: str
+    path: str
+    figures: dict[str, float]
+    """`distill.stats.noninferiority`'s figures, plus accuracy (candidate) and base_accuracy."""
+    base_hit: bool
+    """True when the base's predictions came from the evaluation cache."""
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.figures["non_inferior"])
+
+    def describe(self) -> str:
+        f = self.figures
+        return (
+            f"{self.name} ({int(f['n'])} items): accuracy {f['base_accuracy']:.3f} → {f['accuracy']:.3f}, "
+            f"Δ {f['delta_accuracy']:+.3f} [{f['delta_ci_low']:+.3f}, {f['delta_ci_high']:+.3f}]"
+        )
+
+
+def guard_decision(decision: GateDecision, guards: Sequence[GuardResult], *, margin: float) -> GateDecision:
+    """The main gate's decision, refused when a guard set shows the candidate worse than its base
+    (lower bound of the paired 95% CI of Δ accuracy at or below -margin)."""
+    if not decision.passed or not guards:
+        return decision
+    failed = [g for g in guards if not g.passed]
+    if failed:
+        named = "; ".join(g.describe() for g in failed)
+        return GateDecision(
+            False,
+            f"forgetting guard failed on {named}: the CI's lower bound must stay above -{margin:g}"
+            f" (main gate passed: {decision.reason})",
+        )
+    held = "; ".join(g.describe() for g in guards)
+    return GateDecision(True, f"{decision.reason}; non-inferior (margin {margin:g}) on every guard set: {held}")
 
 
 def choose_best(candidates: Sequence[tuple[str, float]], direction: str) -> tuple[str, float]:
@@ -349,6 +421,7 @@ def run(cfg: RegisterConfig) -> RegisterOutputs:
     client = tracking.client()
     candidate = choose_candidate(client, cfg)
     dataset, items = load_test_split(cfg, candidate)
+    guard_items = load_guard_sets(cfg)  # a bad guard file fails before any run or model
     if cfg.predictions_run:
         _check_predictions_run(
             client,
@@ -361,24 +434,41 @@ def run(cfg: RegisterConfig) -> RegisterOutputs:
         run_id = active.info.run_id
         out_dir = Path(cfg.output_dir) / run_id
         test_set = log_run_inputs(cfg, candidate, dataset, items)
-        scores = score_test_split(cfg, candidate, items)
+        load, release = adapter_loader(candidate)
+        scores = score_test_split(cfg, candidate, items, load=load)
+        guards = score_guards(cfg, candidate, guard_items, load=load)
+        release()
         base_run_id = log_scores(cfg, candidate, scores, out_dir, test_set, dataset)
-        decision = gate_decision(scores.comparison, gate=cfg.gate, alpha=cfg.alpha)
+        log_guards(cfg, guards, guard_items)
+        decision = guard_decision(
+            gate_decision(scores.comparison, gate=cfg.gate, alpha=cfg.alpha), guards, margin=cfg.guard_margin
+        )
         version, previous = None, None
         if decision.passed:
-            version, previous = register_version(client, cfg, candidate, decision, scores, run_id, dataset, items)
+            version, previous = register_version(
+                client, cfg, candidate, decision, scores, run_id, dataset, items, guards=guards
+            )
         else:
             tracking.set_tags({"distill.register.decision": "refused"})
         tracking.set_tags({"distill.register.reason": decision.reason[:5000]})
-        log_report(cfg, candidate, scores, dataset, version, decision, out_dir)
+        log_report(cfg, candidate, scores, dataset, version, decision, out_dir, guards=guards)
         if version:
             describe_version(client, cfg, version, out_dir / "report")
         wall_s = time.perf_counter() - started
         tracking.log_metrics({"register/wall_s": wall_s})
         summary = summary_text(
-            cfg, candidate, scores, decision, version, previous, run_id=run_id, dataset=dataset, wall_s=wall_s
+            cfg,
+            candidate,
+            scores,
+            decision,
+            version,
+            previous,
+            run_id=run_id,
+            dataset=dataset,
+            wall_s=wall_s,
+            guards=guards,
         )
-        log_outcome(summary, decision, version, candidate, scores, out_dir)
+        log_outcome(summary, decision, version, candidate, scores, out_dir, guards=guards)
         tracking.describe_run(summary, description_links(cfg, candidate, base_run_id, version))
     print()
     print(summary)
@@ -393,6 +483,7 @@ def run(cfg: RegisterConfig) -> RegisterOutputs:
         report_dir=out_dir / "report",
         wall_s=wall_s,
         summary=summary,
+        guards=guards,
     )
 
 
@@ -462,25 +553,16 @@ def log_run_inputs(cfg: RegisterConfig, candidate: Candidate, dataset: str, item
     return log_items_dataset(items, source=dataset, name=Path(dataset).stem, context="eval")
 
 
-def score_test_split(cfg: RegisterConfig, candidate: Candidate, items: list[Any]) -> TestScores:
-    """The adapter on the test split (scored now, or `predictions_run`'s predictions), the base
-    through the evaluation cache training filled (scored only on a miss), and their comparison."""
-    from distill.eval_cache import cached_base_eval
-    from distill.evaluation import (
-        check_same_items,
-        compare_predictions,
-        evaluate_items,
-        load_run_predictions,
-        result_from_predictions,
-    )
-    from distill.models import dtype_name, load_student, pick_device, resolve_model_path
+def adapter_loader(candidate: Candidate):
+    """(load, release): `load()` returns the candidate's (model, tokenizer), loaded at most once
+    (the base is the same model with the adapter off); `release()` frees it."""
+    from distill.models import load_student, pick_device
     from distill.training import free_memory
 
     device = pick_device(None)
     loaded: list[tuple[Any, Any]] = []
 
     def load() -> tuple[Any, Any]:
-        # The adapter's model, loaded at most once: the base is the same model with the adapter off.
         if not loaded:
             loaded.append(
                 load_student(
@@ -493,6 +575,44 @@ def score_test_split(cfg: RegisterConfig, candidate: Candidate, items: list[Any]
             )
         return loaded[0]
 
+    def release() -> None:
+        loaded.clear()
+        free_memory()
+
+    return load, release
+
+
+def _cached_base(cfg: RegisterConfig, candidate: Candidate, items: list[Any], load):
+    from distill.eval_cache import cached_base_eval
+    from distill.models import dtype_name, pick_device, resolve_model_path
+
+    return cached_base_eval(
+        items,
+        load=load,
+        student=candidate.student,
+        student_path=resolve_model_path(candidate.student),
+        thinking=candidate.thinking,
+        load_in_4bit=candidate.load_in_4bit,
+        dtype=dtype_name(pick_device(None), candidate.dtype),
+        batch_size=cfg.batch_size,
+    )
+
+
+def score_test_split(cfg: RegisterConfig, candidate: Candidate, items: list[Any], *, load=None) -> TestScores:
+    """The adapter on the test split (scored now, or `predictions_run`'s predictions), the base
+    through the evaluation cache training filled (scored only on a miss), and their comparison.
+    `load`: an `adapter_loader`'s; without one the model is loaded here and freed afterwards."""
+    from distill.evaluation import (
+        check_same_items,
+        compare_predictions,
+        evaluate_items,
+        load_run_predictions,
+        result_from_predictions,
+    )
+
+    release = None
+    if load is None:
+        load, release = adapter_loader(candidate)
     if cfg.predictions_run:
         predictions = load_run_predictions(cfg.predictions_run, role="predictions_run")
         check_same_items(
@@ -506,22 +626,83 @@ def score_test_split(cfg: RegisterConfig, candidate: Candidate, items: list[Any]
         model, tokenizer = load()
         adapter = evaluate_items(model, tokenizer, items, thinking=candidate.thinking, batch_size=cfg.batch_size)
         del model, tokenizer
-    base = cached_base_eval(
-        items,
-        load=load,
-        student=candidate.student,
-        student_path=resolve_model_path(candidate.student),
-        thinking=candidate.thinking,
-        load_in_4bit=candidate.load_in_4bit,
-        dtype=dtype_name(device, candidate.dtype),
-        batch_size=cfg.batch_size,
-    )
-    loaded.clear()
-    free_memory()
+    base = _cached_base(cfg, candidate, items, load)
+    if release is not None:
+        release()
     comparison = compare_predictions(
         base.result.predictions, adapter.predictions, n_boot=cfg.bootstrap_samples, seed=cfg.seed
     )
     return TestScores(adapter=adapter, base=base, scored_now=not cfg.predictions_run, comparison=comparison)
+
+
+def load_guard_sets(cfg: RegisterConfig) -> list[tuple[Any, list[Any]]]:
+    """[(NamedSet, items)] of `guard_sets`, each item with a gold answer."""
+    from distill.data.loaders import load_items
+
+    guards = []
+    for named in cfg.guards:
+        items = load_items(named.path, named.format, require_answer=True)
+        if not items:
+            raise ConfigError(f"guard set {named.path} has no items")
+        guards.append((named, items))
+    return guards
+
+
+def score_guards(
+    cfg: RegisterConfig, candidate: Candidate, guard_items: list[tuple[Any, list[Any]]], *, load
+) -> list[GuardResult]:
+    """The candidate (scored now) and its base (through the cache) on each guard set, and the
+    paired non-inferiority figures."""
+    from distill.evaluation import evaluate_items
+    from distill.stats import noninferiority
+
+    guards = []
+    for named, items in guard_items:
+        model, tokenizer = load()
+        adapter = evaluate_items(model, tokenizer, items, thinking=candidate.thinking, batch_size=cfg.batch_size)
+        del model, tokenizer
+        base = _cached_base(cfg, candidate, items, load)
+        new_df = adapter.predictions.astype({"id": str})
+        merged = new_df[["id", "correct"]].merge(
+            base.result.predictions.astype({"id": str})[["id", "correct"]], on="id", suffixes=("", "_base")
+        )
+        base_correct = merged["correct_base"].astype(bool).tolist()
+        new_correct = merged["correct"].astype(bool).tolist()
+        figures = noninferiority(
+            base_correct, new_correct, margin=cfg.guard_margin, n_boot=cfg.bootstrap_samples, seed=cfg.seed
+        )
+        figures["accuracy"] = sum(new_correct) / len(new_correct)
+        figures["base_accuracy"] = sum(base_correct) / len(base_correct)
+        guards.append(GuardResult(name=named.name, path=named.path, figures=figures, base_hit=base.hit))
+    return guards
+
+
+def log_guards(cfg: RegisterConfig, guards: list[GuardResult], guard_items: list[tuple[Any, list[Any]]]) -> None:
+    """Each guard's figures as `guard/<name>/...` metrics, its items as a dataset input (context
+    `guard`), and guards.json."""
+    from distill.evaluation import log_items_dataset
+
+    if not guards:
+        return
+    for guard, (named, items) in zip(guards, guard_items):
+        dataset = log_items_dataset(items, source=named.path, name=named.name, context="guard")
+        tracking.log_metrics({f"guard/{guard.name}/{k}": v for k, v in guard.figures.items()}, dataset=dataset)
+    tracking.set_tags(
+        {
+            "distill.register.guard_margin": str(cfg.guard_margin),
+            "distill.register.guards": ",".join(f"{g.name}:{'pass' if g.passed else 'fail'}" for g in guards)[:5000],
+        }
+    )
+    tracking.log_dict(
+        {
+            "margin": cfg.guard_margin,
+            "guards": [
+                {"name": g.name, "path": g.path, "passed": g.passed, "base_cached": g.base_hit, **g.figures}
+                for g in guards
+            ],
+        },
+        "guards.json",
+    )
 
 
 def log_scores(
@@ -572,6 +753,8 @@ def register_version(
     run_id: str,
     dataset: str,
     items: list[Any],
+    *,
+    guards: Sequence[GuardResult] = (),
 ) -> tuple[str, str | None]:
     """(new version, previous champion's version or None): register, move the alias, describe it."""
     try:
@@ -579,6 +762,11 @@ def register_version(
     except Exception:
         previous = None
     tags = version_tags(client, cfg, candidate, decision, scores, run_id, dataset, items)
+    for guard in guards:
+        for name in ("delta_accuracy", "delta_ci_low", "accuracy", "base_accuracy", "n"):
+            tags[f"guard.{guard.name}.{name}"[:250]] = f"{guard.figures[name]:.6g}"
+    if guards:
+        tags["guard_margin"] = str(cfg.guard_margin)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         registered = tracking.register_model(candidate.register_uri, cfg.model_name, tags=tags)
@@ -675,8 +863,11 @@ def log_report(
     version: str | None,
     decision: GateDecision,
     out_dir: Path,
+    *,
+    guards: Sequence[GuardResult] = (),
 ) -> None:
-    """report/report.md, subjects.csv and the chart on charts.html: base vs trained per subject, and the outcome."""
+    """report/report.md, subjects.csv and the chart on charts.html: base vs trained per subject,
+    the guard sets, and the outcome."""
     from distill.reports import log_report as log_subject_report
 
     title = f"{candidate.student}: base vs trained adapter (run {candidate.run_id[:8]}) on {Path(dataset).name}"
@@ -694,12 +885,38 @@ def log_report(
         new_label="trained",
         title=title,
         alpha=cfg.alpha if cfg.gate != "none" else None,
-        notes=["", outcome_note],
+        notes=["", *guard_notes(guards, cfg.guard_margin), outcome_note],
     )
 
 
+def guard_notes(guards: Sequence[GuardResult], margin: float) -> list[str]:
+    """The report's guard-set table (markdown lines), empty without guards."""
+    if not guards:
+        return []
+    lines = [
+        f"Forgetting guards (non-inferior when the paired 95% CI's lower bound of Δ accuracy > -{margin:g}):",
+        "",
+        "| guard set | n | base accuracy | trained accuracy | Δ | 95% CI | non-inferior |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for g in guards:
+        f = g.figures
+        lines.append(
+            f"| {g.name} | {int(f['n'])} | {f['base_accuracy']:.3f} | {f['accuracy']:.3f} | {f['delta_accuracy']:+.3f} "
+            f"| [{f['delta_ci_low']:+.3f}, {f['delta_ci_high']:+.3f}] | {'yes' if g.passed else 'NO'} |"
+        )
+    return [*lines, ""]
+
+
 def log_outcome(
-    summary: str, decision: GateDecision, version: str | None, candidate: Candidate, scores: TestScores, out_dir: Path
+    summary: str,
+    decision: GateDecision,
+    version: str | None,
+    candidate: Candidate,
+    scores: TestScores,
+    out_dir: Path,
+    *,
+    guards: Sequence[GuardResult] = (),
 ) -> None:
     """summary.txt and decision.json on the run."""
     from distill.io import write_text_atomic
@@ -712,6 +929,7 @@ def log_outcome(
             "version": version,
             "candidate_run": candidate.run_id,
             "comparison": scores.comparison,
+            "guards": {g.name: {"passed": g.passed, **g.figures} for g in guards},
         },
         "decision.json",
     )
@@ -728,6 +946,7 @@ def summary_text(
     run_id: str,
     dataset: str,
     wall_s: float,
+    guards: Sequence[GuardResult] = (),
 ) -> str:
     """The closing screen of a register run."""
     from distill.reports import subject_rows
@@ -742,6 +961,11 @@ def summary_text(
         f"Δ {comparison['compare/delta_accuracy']:+.3f} [{comparison['compare/delta_ci_low']:+.3f}, {comparison['compare/delta_ci_high']:+.3f}], "
         f"McNemar p={comparison['compare/mcnemar_p']:.3g}  (base {'from cache' if scores.base.hit else 'scored now'})",
     ]
+    for guard in guards:
+        verdict = "non-inferior" if guard.passed else f"WORSE (lower bound ≤ -{cfg.guard_margin:g})"
+        lines.append(
+            f"guard     {guard.describe()}: {verdict}  (base {'from cache' if guard.base_hit else 'scored now'})"
+        )
     if version:
         moved = f" (moved from version {previous})" if previous else ""
         lines.append(

@@ -48,7 +48,7 @@ def lightly_edited(item, rng: random.Random, copy: int):
 def test_eda_run_logs_map_overlap_tables_and_metrics(shared_data, mlflow_store, tmp_path):
     import mlflow
 
-    eval_sets = [f"{shared_data / 'kice' / name}:kice" for name in EVAL_FILES]
+    eval_sets = [f"{shared_data / 'kice' / name}@kice" for name in EVAL_FILES]
     out = run(EdaConfig(eval_sets=eval_sets, output_dir=str(tmp_path / "eda")))
 
     client = mlflow.MlflowClient()
@@ -99,7 +99,7 @@ def _contamination_run(shared_data, tmp_path, seeds_path: str, seeds_format: str
         EdaConfig(
             seeds=seeds_path,
             seeds_format=seeds_format,
-            eval_sets=[f"{shared_data / 'kice' / '2019_11_KICE.json'}:kice"],
+            eval_sets=[f"{shared_data / 'kice' / '2019_11_KICE.json'}@kice"],
             projection="pca",
             output_dir=str(tmp_path / "eda"),
         )

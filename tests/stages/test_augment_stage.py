@@ -225,3 +225,22 @@ def test_min_alignment_refuses_the_least_aligned_pair(mlflow_store, tmp_path, ca
     assert refused[lowest["id"]]["passed_gates"] == ["schema", "answers", "form", "decontamination"]
     assert {p["id"] for p in read_jsonl(gated.pairs_path)} == {p["id"] for p in pairs} - {lowest["id"]}
     assert gated.gate_counts["alignment"]["rejected"] == 1
+
+
+def test_reference_sets_take_a_format_as_evaluate_datasets_do(tmp_path):
+    """eval_sets / seed_sets are path[@format] lists: the format after @ is the one the file is
+    read with (a wrong one is refused), and 'bundled' is the eval sample."""
+    import json
+
+    from distill.errors import InputError
+    from distill.resources import resource_path
+    from distill.stages.augment import load_reference_items
+
+    rows = resource_path("eval_sample.jsonl").read_text(encoding="utf-8").splitlines()[:3]
+    odd = tmp_path / "items.txt"
+    odd.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    items = load_reference_items([f"{odd}@jsonl", "bundled"])
+    assert [item.id for item in items[:3]] == [json.loads(row)["id"] for row in rows]
+    assert len(items) == 3 + len(load_reference_items(["bundled"]))
+    with pytest.raises(InputError):
+        load_reference_items([f"{odd}@kmmlu"])

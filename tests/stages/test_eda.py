@@ -9,15 +9,17 @@ from __future__ import annotations
 import pytest
 
 from distill.errors import ConfigError
-from distill.stages.eda import EdaConfig, parse_dataset_spec, run, unique_names
+from distill.stages.eda import EdaConfig, eval_sets_of, run
 
 
-def test_dataset_spec_syntax():
-    assert parse_dataset_spec("data/a.json:kice") == ("data/a.json", "kice")
-    assert parse_dataset_spec("data/a.csv") == ("data/a.csv", "auto")
-    assert parse_dataset_spec("runs:/abc/items.jsonl") == ("runs:/abc/items.jsonl", "auto")
-    assert parse_dataset_spec("runs:/abc/items.jsonl:jsonl") == ("runs:/abc/items.jsonl", "jsonl")
-    assert unique_names(["a", "b", "a"]) == ["a", "b", "a_2"]
+def test_eval_sets_use_the_evaluate_stage_syntax_and_keep_the_training_sets_names():
+    sets = eval_sets_of(EdaConfig(eval_sets="data/a.json@kice, data/seeds.csv, runs:/abc/items.jsonl@jsonl"))
+    assert [(s.name, s.path, s.format) for s in sets] == [
+        ("a", "data/a.json", "kice"),
+        ("seeds-2", "data/seeds.csv", "auto"),  # "seeds" names the training seeds
+        ("items", "runs:/abc/items.jsonl", "jsonl"),
+    ]
+    assert [s.name for s in eval_sets_of(EdaConfig())] == ["eval_sample"]
 
 
 def test_config_rejects_bad_values():
@@ -25,7 +27,9 @@ def test_config_rejects_bad_values():
         EdaConfig(k=0)
     with pytest.raises(ConfigError, match="projection"):
         EdaConfig(projection="tsne")
-    assert EdaConfig(eval_sets="a.json:kice, b.csv").eval_sets == ["a.json:kice", "b.csv"]
+    assert EdaConfig(eval_sets="a.json@kice, b.csv").eval_sets == ["a.json@kice", "b.csv"]
+    with pytest.raises(ConfigError, match="eval_sets"):
+        EdaConfig(eval_sets="a.json@nosuchformat")
 
 
 def test_run_on_bundled_data_logs_config_inputs_metrics_and_files(mlflow_store, tmp_path):

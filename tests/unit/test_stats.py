@@ -124,3 +124,23 @@ def test_compare_predictions_refuses_different_items():
         compare_predictions(base, _frame(["a", "b", "z"], ["s"] * 3, [1, 2, 3], [1, 2, 3]))
     with pytest.raises(ConfigError, match="different gold"):
         compare_predictions(base, _frame(["a", "b", "c"], ["s"] * 3, [1, 2, 4], [1, 2, 3]))
+
+
+def test_noninferiority_equal_worse_and_margin():
+    from distill.stats import noninferiority
+
+    same = [True, False] * 20
+    equal = noninferiority(same, same, margin=0.02, n_boot=500)
+    assert (equal["delta_ci_low"], equal["delta_ci_high"], equal["non_inferior"]) == (0.0, 0.0, 1.0)
+    # 8 of 40 items broken, none fixed: Δ = -0.2, its CI lies far below -0.02
+    worse = noninferiority([True] * 40, [False] * 8 + [True] * 32, margin=0.02, n_boot=500)
+    assert worse["delta_accuracy"] == pytest.approx(-0.2) and worse["non_inferior"] == 0.0
+    assert worse["delta_ci_low"] < -0.02 < 0 and worse["n_broken"] == 8
+    # the same data pass a margin wide enough to hold the whole CI
+    assert noninferiority([True] * 40, [False] * 8 + [True] * 32, margin=0.9, n_boot=500)["non_inferior"] == 1.0
+    # one broken item of 400 is within a 2-point margin
+    assert noninferiority([True] * 400, [False] + [True] * 399, margin=0.02, n_boot=500)["non_inferior"] == 1.0
+    with pytest.raises(ValueError, match="no items"):
+        noninferiority([], [], margin=0.02)
+    with pytest.raises(ValueError, match="margin"):
+        noninferiority([True], [True], margin=-0.1)

@@ -353,14 +353,18 @@ def test_data_preview_auto_without_a_fit_fails_with_one_line(tmp_path):
 
 
 def test_stage_format_parameters_take_a_spec_file(tmp_path):
-    """eda's seeds_format / eval_sets (path:format) take a spec file or a shipped spec's name, as
-    `format` does."""
+    """Lists of sets (evaluate's `datasets`, register's `guard_sets`, eda's `eval_sets`: path@format)
+    and eda's seeds_format take a spec file or a shipped spec's name, as `format` does."""
     from distill.errors import ConfigError
-    from distill.stages.eda import EdaConfig, parse_dataset_spec
+    from distill.evaluation import parse_sets
+    from distill.stages.eda import EdaConfig, eval_sets_of
 
     spec = _spec("prompt_column")
-    assert parse_dataset_spec(f"a.csv:{spec}") == ("a.csv", spec)
-    assert parse_dataset_spec("runs:/abc/items") == ("runs:/abc/items", "auto")
+    sets = parse_sets(f"a.csv@{spec},b.csv@csat_qa")
+    assert [s.format for s in sets] == [spec, "csat_qa"]
+    with pytest.raises(ConfigError):
+        parse_sets("a.csv@nosuchformat")
+    assert [(s.path, s.format) for s in eval_sets_of(EdaConfig(eval_sets=f"a.csv@{spec}"))] == [("a.csv", spec)]
     EdaConfig(seeds_format=spec)  # accepted
     with pytest.raises(ConfigError):
         EdaConfig(seeds_format="nosuchformat")
