@@ -312,6 +312,10 @@ def step_config(cfg: Any, step: str, upstream: Mapping[str, Mapping[str, str]] |
     values.update(_placed(cfg, step))
     values.update(getattr(cfg, step))
     values.update(parse_overrides(cfg.overrides).get(step, {}))
+    if step == "register" and "predictions_run" in values and step_config(cfg, "evaluate").scoring != "logits":
+        # The gate compares logit scores (the base, the guards): evaluate's generated answers are
+        # no like-for-like candidate, so register scores the adapter itself.
+        values.pop("predictions_run")
     return cls(**values)
 
 
@@ -335,6 +339,9 @@ def _routed(cfg: Any, step: str, cls: type) -> dict[str, Any]:
             value = values[f.name]
             if target_step != step or value is None:
                 continue
+            if f.name == "eval_dataset" and name == "eval_sets" and cfg.eval_format not in (None, "auto"):
+                # augment reads its eval sets as `path[@format]`: the test split's format goes along.
+                value = f"{value}@{cfg.eval_format}"
             if typing.get_origin(hints[name]) is list and not isinstance(value, list):
                 value = [value]  # one eval set where the stage takes several
             out[name] = value

@@ -366,6 +366,13 @@ def _check_predictions_run(client, predictions_run: str, *, adapter_uris: Sequen
         raise ConfigError(
             f"predictions_run {predictions_run} scored model {params.get('model')!r}, not the candidate's base {student!r}"
         )
+    if params.get("scoring", "logits") != "logits":
+        # The base (and every guard) is logit-scored: a generated answer compared with a logit
+        # score would measure the scoring mode, not the adapter.
+        raise ConfigError(
+            f"predictions_run {predictions_run} scored by {params['scoring']!r}; the register gate compares "
+            "logit-scored predictions (evaluate -P scoring=logits), or leave predictions_run unset to score here"
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -686,7 +693,9 @@ def log_guards(cfg: RegisterConfig, guards: list[GuardResult], guard_items: list
         return
     for guard, (named, items) in zip(guards, guard_items):
         dataset = log_items_dataset(items, source=named.path, name=named.name, context="guard")
-        tracking.log_metrics({f"guard/{guard.name}/{k}": v for k, v in guard.figures.items()}, dataset=dataset)
+        # The margin is the run's `guard_margin` parameter, the same for every guard: not a metric.
+        figures = {k: v for k, v in guard.figures.items() if k != "margin"}
+        tracking.log_metrics({f"guard/{guard.name}/{k}": v for k, v in figures.items()}, dataset=dataset)
     tracking.set_tags(
         {
             "distill.register.guard_margin": str(cfg.guard_margin),

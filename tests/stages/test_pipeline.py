@@ -215,7 +215,8 @@ def test_shared_values_and_upstream_outputs_reach_every_step():
     assert configs["train"].student == configs["evaluate"].model == "my/model"
     assert configs["mine"].student == "example-student", "the bundled recording answers as example-student"
     assert configs["mine"].max_items == 3 and configs["augment"].max_seeds is None
-    assert configs["augment"].eval_sets == ["test.jsonl"]
+    assert configs["augment"].eval_sets == ["test.jsonl@jsonl"], "augment reads the test split in its format"
+    assert step_config(PipelineConfig(eval_dataset="t.csv"), "augment").eval_sets == ["t.csv"], "auto: detected"
     assert configs["train"].eval_dataset == configs["evaluate"].dataset == configs["register"].dataset == "test.jsonl"
     assert configs["evaluate"].format == configs["register"].format == "jsonl" and configs["mine"].format == "auto"
     assert {c.seed for c in configs.values()} == {7}
@@ -224,6 +225,8 @@ def test_shared_values_and_upstream_outputs_reach_every_step():
     assert configs["mine"].cache_path == str(Path("outputs/pipeline/mine/cache.sqlite"))
     assert configs["evaluate"].cache_path is None
     assert configs["train"].score_eval is False, "the test split is evaluate's and register's"
+    generated = PipelineConfig(evaluate={"scoring": "generate"})
+    assert step_config(generated, "register", UPSTREAM).predictions_run is None, "register scores logits itself"
     overridden = PipelineConfig(overrides="train.score_eval=true")
     assert step_config(overridden, "train", UPSTREAM).score_eval is True
 

@@ -195,3 +195,21 @@ def test_gate_and_selection_rules():
         RegisterConfig(metric="eval/accuracy")
     with pytest.raises(ConfigError, match="gate"):
         RegisterConfig(gate="maybe")
+
+
+def test_predictions_run_scored_by_generation_is_refused(mlflow_store):
+    """The base and the guards are logit-scored, so generated answers are no like-for-like candidate."""
+    import mlflow
+
+    from distill.errors import ConfigError
+    from distill.stages.register import _check_predictions_run
+
+    client = mlflow.MlflowClient()
+    runs = {}
+    for scoring in ("logits", "generate"):
+        with mlflow.start_run(run_name=f"evaluate {scoring}") as r:
+            mlflow.log_params({"adapter": "runs:/t/adapter", "model": "tiny-qwen3", "scoring": scoring})
+        runs[scoring] = r.info.run_id
+    _check_predictions_run(client, runs["logits"], adapter_uris=["runs:/t/adapter"], student="tiny-qwen3")
+    with pytest.raises(ConfigError, match="scored by 'generate'"):
+        _check_predictions_run(client, runs["generate"], adapter_uris=["runs:/t/adapter"], student="tiny-qwen3")

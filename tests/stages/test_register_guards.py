@@ -88,6 +88,9 @@ def test_guard_sets_block_a_worse_candidate_and_pass_an_equal_one(mlflow_store, 
     assert logged.data.tags["distill.register.guards"] == "worse:fail,equal:pass"
     assert logged.data.metrics["guard/worse/non_inferior"] == 0.0
     assert logged.data.metrics["guard/equal/delta_ci_low"] == 0.0
+    # The margin is a parameter of the run, not a figure of each guard.
+    assert "guard/equal/margin" not in logged.data.metrics
+    assert float(logged.data.params["guard_margin"]) == pytest.approx(0.02)
     note = logged.data.tags["mlflow.note.content"]
     assert "guard     worse" in note and "WORSE" in note and "REFUSED" in note
     report = mlflow.artifacts.load_text(f"runs:/{blocked.run_id}/report/report.md")

@@ -129,3 +129,197 @@ def test_shared_prefix_with_a_lora_adapter(tiny, items, reference):
     assert any(w != pytest.approx(r, abs=TOLERANCE) for w, r in zip(want, reference))
     for batch_size in (1, 5):
         assert_same_scores(score_choices(model, tokenizer, items, batch_size=batch_size, progress=False), want, items)
+
+
+def test_passages_behind_a_common_instruction_get_their_own_groups():
+    # Every question starts with the same instruction after the root, then its passage: the
+    # instruction alone must not chain the passages into one group (each passage would then run
+    # again for every question); two questions of one passage that happen to share a few more
+    # tokens must not split their passage's group either.
+    root, instruction = [1, 2, 3], list(range(10, 30))
+    passages = [list(range(100 * p, 100 * p + 40)) for p in (1, 2, 3)]
+    contexts, owner = [], []
+    for p, passage in enumerate(passages):
+        for q in range(3):
+            question = [7, 7, 7, 7] if q < 2 else [8]
+            contexts.append(tuple(root + instruction + passage + question + [500 + 10 * p + q]))
+            owner.append(p)
+    contexts.append(tuple(root + [9, 9, 9]))
+    got_root, groups = prefix_groups(contexts, min_shared=4)
+    assert got_root == len(root)
+    shared = len(root) + len(instruction) + 40
+    assert sorted(groups) == [(len(root), [9])] + [(shared, [3 * p, 3 * p + 1, 3 * p + 2]) for p in range(3)]
+
+
+def _spy_split_attention(monkeypatch):
+    """Count the split attention's calls with the side channel, those without it (a fallback), and
+    the most prefixes one forward attended to (calls through)."""
+    from distill import scoring
+
+    seen = {"calls": 0, "without_side": 0, "max_prefixes": 0}
+    real = scoring._split_prefix_attention
+
+    def spy(module, *args, **kwargs):
+        side = kwargs.get(scoring._SIDE_CHANNEL)
+        if side is not None:
+            seen["calls"] += 1
+            seen["max_prefixes"] = max(seen["max_prefixes"], len(side.segments))
+        else:
+            seen["without_side"] += 1
+        return real(module, *args, **kwargs)
+
+    monkeypatch.setattr(scoring, "_split_prefix_attention", spy)
+    return seen
+
+
+@pytest.mark.parametrize("batch_size", [1, 8])
+def test_split_attention_is_used_and_equals_reference(tiny, items, reference, batch_size, monkeypatch):
+    model, tokenizer = tiny
+    seen = _spy_split_attention(monkeypatch)
+    got = score_choices(model, tokenizer, items, batch_size=batch_size, progress=False)
+    assert seen["calls"] > 0
+    # batch 8 pools rows of several passages into one forward; batch 1 never can
+    if batch_size == 1:
+        assert seen["max_prefixes"] == 1
+    else:
+        assert seen["max_prefixes"] >= 2
+    assert seen["without_side"] == 0
+    assert_same_scores(got, reference, items)
+    assert model.config._attn_implementation == "sdpa"  # switched for the forward only
+
+
+def test_split_rows_pooled_up_to_the_memory_bound(tiny, items, reference, monkeypatch):
+    # A bound below one prefix's cache: each passage's rows run as soon as its prefix is built.
+    from distill import scoring
+
+    model, tokenizer = tiny
+    monkeypatch.setattr(scoring, "_POOL_BYTES", 1)
+    seen = _spy_split_attention(monkeypatch)
+    got = score_choices(model, tokenizer, items, batch_size=8, progress=False)
+    assert seen["calls"] > 0 and seen["max_prefixes"] == 1
+    assert_same_scores(got, reference, items)
+
+
+def test_a_layer_the_split_cannot_do_falls_back_to_the_cache(tiny, items, reference, monkeypatch):
+    # Some configs pass a sliding window even to "full_attention" layers; one longer than any
+    # prompt attends like full attention, so the scores must still equal the reference.
+    base, tokenizer = tiny
+    model = type(base)(base.config)
+    model.load_state_dict(base.state_dict())
+    for layer in model.model.layers:
+        layer.self_attn.sliding_window = 1 << 20
+    seen = _spy_split_attention(monkeypatch)
+    got = score_choices(model, tokenizer, items, batch_size=8, progress=False)
+    assert seen["calls"] > 0 and seen["without_side"] == 0
+    assert_same_scores(got, reference, items)
+    assert model.config._attn_implementation == "sdpa"
+
+
+@pytest.mark.parametrize("batch_size", [3, 8])
+def test_cache_path_without_split_attention_equals_reference(tiny, items, reference, batch_size, monkeypatch):
+    model, tokenizer = tiny
+    seen = _spy_split_attention(monkeypatch)
+    got = score_choices(model, tokenizer, items, batch_size=batch_size, progress=False, split_attention=False)
+    assert seen["calls"] == 0
+    assert_same_scores(got, reference, items)
+
+
+def test_a_model_that_drops_the_side_channel_falls_back_to_the_cache(tiny, items, reference, monkeypatch):
+    import torch
+
+    base, tokenizer = tiny
+
+    class DropsExtraKeywords(torch.nn.Module):
+        """A wrapper that forwards only the usual arguments, as some model wrappers do."""
+
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.config = inner, inner.config
+
+        def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None, **kwargs):
+            return self.inner(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                past_key_values=past_key_values,
+                use_cache=kwargs.get("use_cache"),
+                logits_to_keep=kwargs.get("logits_to_keep", 0),
+            )
+
+    seen = _spy_split_attention(monkeypatch)
+    got = score_choices(DropsExtraKeywords(base), tokenizer, items, batch_size=4, progress=False)
+    assert seen["calls"] == 0 and seen["without_side"] > 0  # the split was tried, and nothing of it kept
+    assert_same_scores(got, reference, items)
+    assert base.config._attn_implementation == "sdpa"
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_split_attention_equals_attention_over_the_concatenated_keys(fused, monkeypatch):
+    """Rows of two prefixes in one batch, right padding, grouped-query heads: the two-part
+    attention merged by log-sum-exp equals one softmax over [prefix | own causal suffix]."""
+    import torch
+    from transformers.integrations.sdpa_attention import repeat_kv
+
+    from distill import scoring
+
+    real_partial = scoring._attention_partial
+    monkeypatch.setattr(scoring, "_attention_partial", lambda *a, **k: real_partial(*a, **k, fused=fused))
+    torch.manual_seed(0)
+    heads, kv_heads, dim, width, layer = 4, 2, 8, 5, 1
+    lengths = [5, 3, 4]
+    prefixes = [
+        [(torch.randn(1, kv_heads, n, dim), torch.randn(1, kv_heads, n, dim)) for _ in range(2)] for n in (6, 9)
+    ]
+    query = torch.randn(3, heads, width, dim)
+    key, value = torch.randn(3, kv_heads, width, dim), torch.randn(3, kv_heads, width, dim)
+    side = scoring._PrefixSideChannel([(0, 2, prefixes[0]), (2, 3, prefixes[1])], torch.tensor(lengths), width)
+    module = type("Attention", (), {"layer_idx": layer})()
+    got, _ = scoring._split_prefix_attention(
+        module, query, key, value, None, scaling=0.3, **{scoring._SIDE_CHANNEL: side}
+    )
+    assert side.layers_seen == {layer}
+    for row, prefix in enumerate([prefixes[0], prefixes[0], prefixes[1]]):
+        real = lengths[row]
+        keys = torch.cat([prefix[layer][0][0], key[row, :, :real]], dim=1)
+        values = torch.cat([prefix[layer][1][0], value[row, :, :real]], dim=1)
+        start = prefix[layer][0].shape[-2]
+        allowed = torch.arange(start + real)[None, :] <= start + torch.arange(real)[:, None]
+        want = torch.nn.functional.scaled_dot_product_attention(
+            query[row, :, :real],
+            repeat_kv(keys[None], 2)[0],
+            repeat_kv(values[None], 2)[0],
+            attn_mask=allowed,
+            scale=0.3,
+        )
+        torch.testing.assert_close(got[row, :real].transpose(0, 1), want, atol=1e-5, rtol=1e-5)
+
+
+def test_split_attention_with_a_lora_adapter_and_multi_token_rows(tiny, items, monkeypatch):
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    base, tokenizer = tiny
+    fresh = type(base)(base.config)
+    fresh.load_state_dict(base.state_dict())
+    torch.manual_seed(4)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "o_proj"], init_lora_weights=False)
+    model = get_peft_model(fresh, config)
+    want = score_choices_reference(model, tokenizer, items)
+    seen = _spy_split_attention(monkeypatch)
+    for batch_size in (1, 8):
+        got = score_choices(model, tokenizer, items, batch_size=batch_size, progress=False, fast_path=False)
+        assert_same_scores(got, want, items)
+    assert seen["calls"] > 0
+
+
+def test_overlapping_switches_restore_the_original_implementation(tiny):
+    # Two threads scoring with one model (a served pyfunc) enter and leave in this order.
+    from distill import scoring
+
+    config = tiny[0].config
+    first = scoring._attention_implementation(config, scoring._SPLIT_ATTENTION).__enter__()
+    second = scoring._attention_implementation(config, scoring._SPLIT_ATTENTION).__enter__()
+    first.__exit__(None, None, None)
+    assert config._attn_implementation == scoring._SPLIT_ATTENTION  # the second forward is still running
+    second.__exit__(None, None, None)
+    assert config._attn_implementation == "sdpa"
