@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # package's requirements, so each works from a fresh clone.
 SETUP_STAMP := $(VENV)/.distill-setup
 
-.PHONY: setup demo lint format generate test bench clean
+.PHONY: setup demo demo-example lint format generate test bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +26,15 @@ setup: $(BIN)/python
 $(SETUP_STAMP): pyproject.toml constraints.txt
 	$(MAKE) setup
 
-# The whole method on the embedded default, offline.
+# The whole method, offline, on the synthetic known-truth world (distill/world): the student is
+# built here once, mine finds its defect, augment and train fix it, register registers it.
 demo: $(SETUP_STAMP)
+	$(BIN)/python -m distill world data --out outputs/world
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/mlflow run . -e pipeline --env-manager local \
+		--experiment-name distill-synthetic-world -P config=distill/world/demo.yaml
+
+# The pipeline on the bundled example data (hand-written seeds and recorded teacher, tiny-qwen3).
+demo-example: $(SETUP_STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/mlflow run . -e pipeline --env-manager local --experiment-name distill-pipeline
 
 # ruff (configured in pyproject.toml) and the generated files (MLproject, README tables).

@@ -4,6 +4,7 @@
     python -m distill data {check,convert} --dataset FILE ...
     python -m distill generate [--check]      # MLproject + README tables from the registry
     python -m distill llm {jobs,import-batch} ...   # provider batch jobs, vllm run-batch output
+    python -m distill world {data,student} ...      # the synthetic known-truth world of the demo
 
 The stages come from `distill.stages.STAGES`, the only list of them.
 """
@@ -19,6 +20,7 @@ from distill.stages import STAGES, get
 TOOLS = {
     "data": "Check or convert a multiple-choice file (python -m distill data --help).",
     "llm": "Provider batch jobs of a response cache; import vllm run-batch output (python -m distill llm --help).",
+    "world": "The synthetic known-truth world: its data files and its student (python -m distill world --help).",
     "generate": "Regenerate MLproject and the README's parameter tables from the stage registry (--check: only compare).",
 }
 
@@ -63,6 +65,11 @@ def main(argv: list[str] | None = None) -> None:
         return
     if command == "generate":
         _generate(argv)
+        return
+    if command == "world":
+        from distill.world.cli import main as world_main
+
+        world_main(argv)
         return
     if command == "llm":
         from distill.llm.cli import main as llm_main

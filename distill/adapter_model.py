@@ -78,12 +78,12 @@ EXAMPLE_ITEM = {
 
 
 def base_model_reference(config: dict[str, Any]) -> str:
-    """What to load as the base: tiny-qwen3 by name (it rebuilds from its seed), else the local
-    folder the run used when this machine has it, else the recorded hub id."""
-    from distill.tiny_qwen3 import parse_tiny_name
+    """What to load as the base: tiny-qwen3 or world-student by name (each rebuilds from its
+    seed), else the local folder the run used when this machine has it, else the recorded hub id."""
+    from distill.models import built_here
 
     name = str(config.get("base_model") or "")
-    if parse_tiny_name(name) is not None:
+    if built_here(name):
         return name
     path = str(config.get("base_model_path") or "")
     if path and Path(path).is_dir():
@@ -96,7 +96,7 @@ def recorded_config(model_config: Mapping[str, Any]) -> dict[str, Any]:
 
     A caller's `base_model_path` is dropped (for tiny-qwen3 or a hub id it is a cache folder on
     this machine); it is recorded again only as the absolute form of a directory the user gave."""
-    from distill.tiny_qwen3 import parse_tiny_name
+    from distill.models import built_here
 
     config = dict(model_config)
     config.pop("base_model_path", None)
@@ -104,7 +104,7 @@ def recorded_config(model_config: Mapping[str, Any]) -> dict[str, Any]:
     if not name:
         raise ValueError("model_config needs base_model: the model id or directory the run was given")
     config["base_model"] = name
-    if parse_tiny_name(name) is None:
+    if not built_here(name):
         local = Path(name).expanduser()
         if local.is_dir():
             config["base_model_path"] = str(local.resolve())

@@ -96,7 +96,8 @@ def dtype_name(device: str, requested: str = "auto") -> str:
 
 
 def resolve_model_path(name_or_path: str | os.PathLike) -> str:
-    """`tiny-qwen3[@seed]` → its cached build; a local directory → itself; else a hub id."""
+    """`tiny-qwen3[@seed]` or `world-student[@seed]` → its cached build; a local directory →
+    itself; else a hub id."""
     text = str(name_or_path).strip()
     if not text:
         raise ConfigError("model name is empty")
@@ -105,6 +106,15 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> str:
         from distill.tiny_qwen3 import tiny_qwen3_path
 
         return str(tiny_qwen3_path(seed))
+    from distill.world.student import WORLD_STUDENT, parse_world_name
+
+    world_seed = parse_world_name(text)
+    if world_seed is not None:
+        from distill.world.student import world_student_path
+
+        return str(world_student_path(world_seed))
+    if text.startswith(f"{WORLD_STUDENT}@"):
+        raise ConfigError(f"model {text!r}: the world's student takes an integer seed, as in '{WORLD_STUDENT}@3'")
     if text.startswith(f"{TINY_QWEN3}@"):
         raise ConfigError(f"model {text!r}: the tiny model takes an integer seed, as in '{TINY_QWEN3}@3'")
     path = Path(text).expanduser()
@@ -115,6 +125,14 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> str:
     if text.startswith((".", "/", "~")):  # clearly a path, and hub ids never look like this
         raise ConfigError(f"model directory {text!r} does not exist")
     return text
+
+
+def built_here(name: str) -> bool:
+    """Whether `name` is a model this package builds from its seed (tiny-qwen3, world-student):
+    a record names it, not the cache folder it was built into."""
+    from distill.world.student import parse_world_name
+
+    return parse_tiny_name(name) is not None or parse_world_name(name) is not None
 
 
 def is_mlflow_uri(value: str) -> bool:

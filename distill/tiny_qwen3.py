@@ -25,7 +25,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 TINY_QWEN3 = "tiny-qwen3"
@@ -199,8 +199,12 @@ def wrap_tokenizer(raw_tokenizer):
     return tokenizer
 
 
-def build_model(vocab_size: int, *, pad_token_id: int, eos_token_id: int, bos_token_id: int, seed: int):
-    """A freshly initialised `Qwen3ForCausalLM`, weights decided by `seed` alone."""
+def build_model(
+    vocab_size: int, *, pad_token_id: int, eos_token_id: int, bos_token_id: int, seed: int, config: dict | None = None
+):
+    """A freshly initialised `Qwen3ForCausalLM`, weights decided by `seed` alone.
+
+    `config`: the shape (MODEL_CONFIG's keys); MODEL_CONFIG when None."""
     import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
@@ -209,7 +213,7 @@ def build_model(vocab_size: int, *, pad_token_id: int, eos_token_id: int, bos_to
         pad_token_id=pad_token_id,
         eos_token_id=eos_token_id,
         bos_token_id=bos_token_id,
-        **MODEL_CONFIG,
+        **(MODEL_CONFIG if config is None else config),
     )
     # Initialise under a private generator state so that building never disturbs (or depends
     # on) the caller's global RNG.
@@ -281,7 +285,12 @@ def _exclusive_lock(path: Path) -> Iterator[None]:
 
 def tiny_qwen3_path(seed: int = 0) -> Path:
     """The cached build for `seed`, built once (concurrent callers wait for the first)."""
-    target = cache_dir(seed)
+    return built_once(cache_dir(seed), lambda staging: build_tiny_qwen3(staging, seed=seed))
+
+
+def built_once(target: Path, build: Callable[[Path], object]) -> Path:
+    """`target`, made by `build(staging_dir)` the first time only; concurrent callers wait for
+    the first, and a killed build leaves no half-written `target`."""
     if (target / "config.json").is_file():
         return target
     with _exclusive_lock(target.with_name(f".{target.name}.lock")):
@@ -291,7 +300,7 @@ def tiny_qwen3_path(seed: int = 0) -> Path:
         # does not exist, even if this process is killed mid-build.
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
         try:
-            build_tiny_qwen3(staging, seed=seed)
+            build(staging)
             os.chmod(staging, 0o755)  # mkdtemp makes it private; the cache is not secret
             if target.exists():  # a partial leftover from an older, unlocked layout
                 shutil.rmtree(target)

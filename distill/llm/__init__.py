@@ -1,4 +1,4 @@
-"""LLM backends (gemini, openai, local, replay) behind one protocol, with a durable cache.
+"""LLM backends (gemini, openai, local, replay, world) behind one protocol, with a durable cache.
 
 from distill.llm import Request, make_backend
 teacher = make_backend("gemini", "gemini-2.5-flash", cache="outputs/llm_cache.sqlite")

@@ -7,7 +7,8 @@ from typing import Any
 
 from distill.errors import ConfigError
 
-BACKENDS = ("gemini", "openai", "local", "replay")
+BACKENDS = ("gemini", "openai", "local", "replay", "world")
+"""`world`: the known-truth world's deterministic teacher (distill/world/teacher.py), computed here."""
 
 
 def make_backend(
@@ -54,6 +55,8 @@ def make_backend(
     `max_repairs`, `circuit_breaker` (network backends): see `distill.llm.base.RetryPolicy`.
     `mode` (gemini, openai): online, batch (provider batch jobs at batch prices) or export
     (openai: write the batch JSONL for `vllm run-batch`); `batch`: a `distill.llm.batch.BatchSettings`.
+    `world`: the synthetic world's teacher (answers computed from the request, at no cost, behind
+    the same cache and retry policy); `model` is free text naming it in the cache key.
     """
     from distill.llm.base import RetryPolicy
     from distill.llm.cache import open_cache
@@ -74,7 +77,7 @@ def make_backend(
             cache=open_cache(cache, readonly=_readonly_if_unwritable(cache)),
             recorded_by=recorded_by or RECORDING_BACKENDS,
         )
-    if kind in ("local",) and str(mode or "online").strip().lower() != "online":
+    if kind in ("local", "world") and str(mode or "online").strip().lower() != "online":
         raise ConfigError(f"the {kind} backend has no batch mode (mode={mode!r}); use online")
     response_cache = open_cache(cache)
     if kind == "local":
@@ -107,6 +110,10 @@ def make_backend(
         base_url=base_url,
         seed=seed,
     )
+    if kind == "world":
+        from distill.world.teacher import WorldTeacherBackend
+
+        return WorldTeacherBackend(model, cache=response_cache, concurrency=concurrency, retry=retry, seed=seed)
     from distill.llm.batch import BatchSettings, check_mode
 
     mode = check_mode("backend", kind, mode)

@@ -93,7 +93,9 @@ class AugmentConfig:
     )
     teacher_backend: str = field(
         default="replay",
-        metadata={"help": "Teacher backend: gemini, openai, local or replay (answers only from the response cache)."},
+        metadata={
+            "help": "Teacher backend: gemini, openai, local, replay (answers only from the response cache) or world (the synthetic world's teacher)."
+        },
     )
     teacher_mode: str = field(
         default="online",
@@ -127,7 +129,7 @@ class AugmentConfig:
     )
     verifier: str | None = unset_field("teacher", "Verifier model. Unset: the teacher model.")
     verifier_backend: str | None = unset_field(
-        "teacher", "Verifier backend: gemini, openai, local or replay. Unset: the teacher backend."
+        "teacher", "Verifier backend: gemini, openai, local, replay or world. Unset: the teacher backend."
     )
     verify_samples: int = field(
         default=1, metadata={"help": "Independent re-solves per new problem; every one must reach the gold answer."}

@@ -49,7 +49,7 @@ class EvaluateConfig:
     model: str = field(
         default="tiny-qwen3",
         metadata={
-            "help": "Model to score: a Hugging Face id, a local path, or tiny-qwen3 (built locally, no download)."
+            "help": "Model to score: a Hugging Face id, a local path, tiny-qwen3 or world-student (built locally, no download)."
         },
     )
     adapter: str | None = unset_field(

@@ -79,7 +79,9 @@ class MineConfig:
     )
     teacher_backend: str = field(
         default="replay",
-        metadata={"help": "Teacher backend: gemini, openai, local or replay (answers only from the cache)."},
+        metadata={
+            "help": "Teacher backend: gemini, openai, local, replay (answers only from the cache) or world (the synthetic world's teacher)."
+        },
     )
     student: str = field(
         default="example-student",

@@ -136,12 +136,12 @@ class _PipelineFields:
     )
     teacher_backend: str = shared_field(
         "replay",
-        "Teacher backend: gemini, openai, local or replay.",
+        "Teacher backend: gemini, openai, local, replay or world (the synthetic world's teacher).",
         ("mine.teacher_backend", "augment.teacher_backend"),
     )
     student: str = shared_field(
         "tiny-qwen3",
-        "The model trained, evaluated and registered (a Hugging Face id, a local path, or tiny-qwen3).",
+        "The model trained, evaluated and registered (a Hugging Face id, a local path, tiny-qwen3 or world-student).",
         ("train.student", "evaluate.model"),
     )
     student_backend: str = stage_field("mine.student_backend")

@@ -105,7 +105,7 @@ class TrainConfig:
     student: str = field(
         default="tiny-qwen3",
         metadata={
-            "help": "Base model: a Hugging Face id, a local directory, or tiny-qwen3[@seed] (built locally, no download)."
+            "help": "Base model: a Hugging Face id, a local directory, tiny-qwen3[@seed] or world-student[@seed] (built locally, no download)."
         },
     )
     pairs: str | None = unset_field(
