@@ -399,14 +399,26 @@ def _hashable(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_hashable(v) for v in value]
     if isinstance(value, str) and value and "://" not in value and ":/" not in value:
-        path = Path(value).expanduser()
-        try:
-            exists = path.exists()
-        except OSError:
-            exists = False
-        if exists:
-            return {"content_sha256": content_digest(path)}
+        if _exists(value):
+            return {"content_sha256": content_digest(Path(value).expanduser())}
+        # A list of sets, `path[@format],...` (guard_sets, seed_sets): each file by its content.
+        parts = [part.strip() for part in value.split(",")]
+        files = [part.rsplit("@", 1) for part in parts]
+        if any(_exists(f[0]) for f in files):
+            return [
+                {"content_sha256": content_digest(Path(f[0]).expanduser()), "format": f[1] if len(f) > 1 else None}
+                if _exists(f[0])
+                else part
+                for part, f in zip(parts, files)
+            ]
     return value
+
+
+def _exists(text: str) -> bool:
+    try:
+        return bool(text) and Path(text).expanduser().exists()
+    except OSError:
+        return False
 
 
 def step_hash(step: str, config: Any) -> str:

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     data.add_argument("--out", default="outputs/world", help="Folder for seeds.jsonl, test.jsonl, guard.jsonl.")
     data.add_argument("--seeds", type=int, default=24, help="Seed items per structure (what mine reads).")
     data.add_argument("--test", type=int, default=50, help="Held-out test items per structure.")
-    data.add_argument("--guard", type=int, default=30, help="Guard items per structure (register's forgetting guard).")
+    data.add_argument("--guard", type=int, default=75, help="Guard items per structure (register's forgetting guard).")
     data.add_argument("--seed", type=int, default=0, help="Seed of the generator.")
     student = commands.add_parser("student", help="Build the world's student once (cached) and print its folder.")
     student.add_argument("--seed", type=int, default=0, help="Seed of the build (world-student@SEED).")

@@ -163,6 +163,22 @@ def test_step_hash_follows_content_not_paths(tmp_path):
     assert step_hash("train", EvaluateConfig(dataset=str(a))) != same
 
 
+def test_step_hash_follows_the_content_of_each_set_in_a_list_with_formats(tmp_path):
+    from distill.stages.register import RegisterConfig
+
+    guard = tmp_path / "guard.jsonl"
+    other = tmp_path / "other.jsonl"
+    guard.write_text('{"id": "g1"}\n', encoding="utf-8")
+    other.write_text('{"id": "o1"}\n', encoding="utf-8")
+    sets = f"{guard}@jsonl,{other}"
+    before = step_hash("register", RegisterConfig(guard_sets=sets))
+    assert before == step_hash("register", RegisterConfig(guard_sets=sets))
+    guard.write_text('{"id": "g2"}\n', encoding="utf-8")
+    assert step_hash("register", RegisterConfig(guard_sets=sets)) != before
+    changed = step_hash("register", RegisterConfig(guard_sets=sets))
+    assert step_hash("register", RegisterConfig(guard_sets=f"{guard}@kmmlu,{other}")) != changed
+
+
 def _stage_field(target: str) -> dataclasses.Field:
     step, name = target.split(".")
     return {f.name: f for f in dataclasses.fields(STAGES[step].config_class())}[name]
